@@ -1,0 +1,107 @@
+"""Provenance of exported artifacts, and the weights cache built on it.
+
+Every exported graph gets a manifest entry: its sha256, the source checkpoint's sha256, the export
+settings, opset, input/output signature and the parity error measured when it was written. An entry
+whose checkpoint hash and settings match a new request, and whose file still hashes the same, is
+reused instead of re-exported.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+_CHECKPOINT_SUFFIXES = {".json", ".safetensors", ".bin", ".pt", ".pth", ".txt", ".model"}
+
+
+class ChecksumMismatch(ValueError):
+    pass
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_checkpoint(path: Path) -> str:
+    """Hash a checkpoint file, or a `save_pretrained` directory (relative names and contents)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _CHECKPOINT_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"checkpoint directory {path} holds no weight or config files")
+    for file in files:
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def verify_checkpoint(path: Path, expected_sha256: str | None) -> str:
+    """Return the checkpoint's hash; refuse it when a pinned hash is given and differs."""
+    actual = sha256_checkpoint(path)
+    if expected_sha256 and actual != expected_sha256.lower():
+        raise ChecksumMismatch(f"checkpoint {path} has sha256 {actual}, expected {expected_sha256}")
+    return actual
+
+
+@dataclass
+class ArtifactRecord:
+    name: str
+    file: str  # relative to the manifest's directory
+    sha256: str
+    checkpoint: str
+    checkpoint_sha256: str
+    random_weights: bool
+    settings: dict[str, Any]
+    opset: int
+    inputs: dict[str, dict[str, Any]]
+    outputs: dict[str, dict[str, Any]]
+    parity: dict[str, Any]
+    model_config: dict[str, Any] = field(default_factory=dict)
+    created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+class Manifest:
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.path = self.directory / MANIFEST_NAME
+        self.records: dict[str, ArtifactRecord] = {}
+        if self.path.is_file():
+            data = json.loads(self.path.read_text())
+            self.records = {r["name"]: ArtifactRecord(**r) for r in data.get("artifacts", [])}
+
+    def artifact_path(self, name: str) -> Path:
+        return self.directory / self.records[name].file
+
+    def reusable(self, name: str, checkpoint_sha256: str, settings: dict[str, Any]) -> ArtifactRecord | None:
+        """The existing record if it was built from the same checkpoint and settings, intact."""
+        record = self.records.get(name)
+        if record is None or record.checkpoint_sha256 != checkpoint_sha256 or record.settings != settings:
+            return None
+        file = self.directory / record.file
+        if not file.is_file() or sha256_file(file) != record.sha256:
+            return None
+        return record
+
+    def put(self, record: ArtifactRecord) -> None:
+        self.records[record.name] = record
+        self.save()
+
+    def save(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        payload = {"format": 1, "artifacts": [asdict(r) for r in sorted(self.records.values(), key=lambda r: r.name)]}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+        os.replace(tmp, self.path)
