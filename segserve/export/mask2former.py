@@ -44,7 +44,15 @@ HF_POSTPROCESS_MASK_SIZE = 384
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 TINY_LABELS = ("sky", "ground", "wall", "person", "car", "animal")
-TINY_INIT_STD = 0.3  # larger than the 0.02 default so random queries give distinct masks and classes
+# The tiny random model is shaped so its outputs are not degenerate: with default initialisation all
+# queries predict nearly the same flat mask, and every post-processing result would be empty or one
+# class. Seed, init scale and the few rescaled layers below were picked (by looking at the outputs on
+# synthetic scenes) so that semantic maps hold several classes and panoptic / instance results hold
+# several segments. The weights stay random; real checkpoints are never touched by this.
+TINY_SEED = 1
+TINY_INIT_STD = 0.3
+TINY_SHARPEN = 4.0  # scales the mask projection and the class head: sharper masks, confident classes
+TINY_DEFORMABLE_STD = 0.1  # data-dependent sampling offsets, so the export exercises real GridSample grids
 PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
@@ -67,10 +75,25 @@ def random_config(size: str = "tiny") -> Mask2FormerConfig:
     return Mask2FormerConfig(
         backbone_config=backbone,
         feature_size=32, mask_feature_size=32, hidden_dim=32,  # GroupNorm(32, .) needs multiples of 32
-        encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=1, decoder_layers=3,
+        encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=1, decoder_layers=2,
         num_attention_heads=2, num_queries=16, init_std=TINY_INIT_STD,
         num_labels=len(TINY_LABELS), id2label=dict(enumerate(TINY_LABELS)),
     )
+
+
+def build_random_model(size: str = "tiny") -> Mask2FormerForUniversalSegmentation:
+    """A random-weight model for `size` (call after seeding torch)."""
+    model = Mask2FormerForUniversalSegmentation(random_config(size))
+    if size == "tiny":
+        with torch.no_grad():
+            projection = model.model.pixel_level_module.decoder.mask_projection
+            projection.weight.mul_(TINY_SHARPEN)
+            projection.bias.zero_()
+            model.class_predictor.weight.mul_(TINY_SHARPEN)
+            for layer in model.model.pixel_level_module.decoder.encoder.layers:
+                layer.self_attn.sampling_offsets.weight.normal_(0.0, TINY_DEFORMABLE_STD)
+                layer.self_attn.attention_weights.weight.normal_(0.0, TINY_DEFORMABLE_STD)
+    return model.eval()
 
 
 def load_mask2former(checkpoint: Path) -> Mask2FormerForUniversalSegmentation:
@@ -229,7 +252,8 @@ def export_mask2former(
         if random_size not in RANDOM_CONFIGS:
             raise ValueError(f"unknown random Mask2Former config {random_size!r}; choose one of {RANDOM_CONFIGS}")
         checkpoint = random_checkpoint(out_dir / "checkpoints" / f"mask2former-random-{random_size}",
-                                       lambda: Mask2FormerForUniversalSegmentation(random_config(random_size)))
+                                       lambda: build_random_model(random_size),
+                                       seed=TINY_SEED if random_size == "tiny" else 0)
         log(f"no Mask2Former checkpoint given: using RANDOM weights ({random_size} config) at {checkpoint}")
     checkpoint = Path(checkpoint)
     with Step(f"hashing checkpoint {checkpoint}"):
