@@ -1,0 +1,38 @@
+# Every target sets itself up: a fresh machine needs only `make demo` or `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.segserve-installed
+ARTIFACTS ?= artifacts
+REPOSITORY ?= model_repository/embedded
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench load lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU torch wheel first and pinned, so no dependency can pull a CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	# Meta's reference SAM 2 package: no deps (it would pull torchvision), no CUDA build.
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-deps --no-build-isolation sam2==1.1.0
+	$(PY) -c "import segserve.api"
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) -m segserve.demo --artifacts $(ARTIFACTS) --repository $(REPOSITORY) --out out
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) benchmarks/sam2_image.py --out out/bench_sam2_image.json
+
+lint: setup
+	$(PY) -m compileall -q segserve benchmarks tests
+
+clean:
+	rm -rf $(ARTIFACTS) model_repository/embedded model_repository/fleet out build .pytest_cache

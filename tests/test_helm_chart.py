@@ -1,0 +1,651 @@
+"""Static tests of the Helm chart in helm/segserve, offline: no cluster, no network, no helm binary.
+
+* Rendering and linting use the real Helm engine (Helm v4 Go SDK) bundled in ``helm-python-sdk``:
+  ``helm_python.Chart.render`` (what ``helm template`` does, schema validation included),
+  ``helm_python.lint(strict=True, kube_version=...)`` (``helm lint --strict``) and
+  ``Chart.validate_schema`` (values.schema.json).
+* Core objects (Deployment, Service, HPA autoscaling/v2, PDB, NetworkPolicy, ...) are validated with
+  ``kubernetes-validate`` in strict mode (unknown fields rejected) against its bundled Kubernetes 1.30
+  OpenAPI schemas.
+* ServiceMonitor is a CRD that kubernetes-validate has no schema for; it is validated against the
+  hand-written subset schema in tests/schemas/ (see the $comment there).
+
+Needs: helm-python-sdk==0.2.2, kubernetes-validate==1.37.0 (with jsonschema, PyYAML).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import helm_python as helm  # helm-python-sdk: the real Helm engine, offline
+import jsonschema
+import kubernetes_validate as kv
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "helm" / "segserve"
+CI_DIR = CHART / "ci"
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+DASHBOARD = ROOT / "dashboards" / "segserve-grafana.json"
+
+KUBE_VERSION = "1.30"
+RELEASE = "fleet"
+NAMESPACE = "segserve"
+
+# Objects whose kinds are CRDs, mapped to the JSON schema that validates them.
+CRD_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): SCHEMAS / "servicemonitor-monitoring.coreos.com-v1.json",
+}
+
+VARIANT_FILES = sorted(CI_DIR.glob("*-values.yaml"))
+# "chart-defaults" renders with no values at all, the rest with each ci/*-values.yaml file.
+VARIANTS = ["chart-defaults"] + [p.name for p in VARIANT_FILES]
+
+
+def _variant_values(variant: str) -> dict[str, Any]:
+    if variant == "chart-defaults":
+        return {}
+    return yaml.safe_load((CI_DIR / variant).read_text()) or {}
+
+
+@pytest.fixture(scope="module")
+def chart():
+    with helm.Chart.load(str(CHART)) as loaded:
+        yield loaded
+
+
+def _render(chart, values: dict[str, Any]) -> list[dict[str, Any]]:
+    manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    docs: list[dict[str, Any]] = []
+    for path, text in sorted(manifests.items()):
+        if not path.endswith((".yaml", ".yml")):
+            continue  # NOTES.txt
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                doc.setdefault("__template__", path)
+                docs.append(doc)
+    return docs
+
+
+_render_cache: dict[str, list[dict[str, Any]]] = {}
+
+
+def _rendered(chart, variant: str) -> list[dict[str, Any]]:
+    if variant not in _render_cache:
+        _render_cache[variant] = _render(chart, _variant_values(variant))
+    return copy.deepcopy(_render_cache[variant])
+
+
+def _strip(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "__template__"}
+
+
+def _find(docs, kind: str, component: str | None = None) -> list[dict[str, Any]]:
+    out = []
+    for d in docs:
+        if d["kind"] != kind:
+            continue
+        labels = d["metadata"].get("labels", {})
+        if component is None or labels.get("app.kubernetes.io/component") == component:
+            out.append(d)
+    return out
+
+
+def _one(docs, kind: str, component: str | None = None) -> dict[str, Any]:
+    found = _find(docs, kind, component)
+    assert len(found) == 1, f"expected one {kind} for {component}, got {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def _all_containers(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(pod_spec.get("initContainers", [])) + list(pod_spec["containers"])
+
+
+@functools.lru_cache(maxsize=None)
+def _crd_validator(api_version: str, kind: str):
+    schema = json.loads(CRD_SCHEMAS[(api_version, kind)].read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _validate_object(doc: dict[str, Any]) -> None:
+    doc = _strip(doc)
+    key = (doc["apiVersion"], doc["kind"])
+    if key in CRD_SCHEMAS:
+        _crd_validator(*key).validate(doc)
+    else:
+        kv.validate(doc, KUBE_VERSION, strict=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Chart structure, lint, schema
+# ------------------------------------------------------------------------------------------------
+
+
+def test_ci_variants_exist():
+    names = {p.name for p in VARIANT_FILES}
+    for expected in (
+        "default-values.yaml",
+        "pvc-repository-values.yaml",
+        "object-store-values.yaml",
+        "init-export-values.yaml",
+        "cpu-only-values.yaml",
+        "monitoring-disabled-values.yaml",
+        "autoscaling-disabled-values.yaml",
+    ):
+        assert expected in names
+
+
+def test_chart_metadata(chart):
+    meta = chart.metadata
+    assert meta["name"] == "segserve"
+    assert meta["apiVersion"] == "v2"
+    assert chart.schema is not None, "values.schema.json must ship with the chart"
+    assert chart.schema.get("additionalProperties") is False
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_lint_strict(variant):
+    report = helm.lint(
+        str(CHART), _variant_values(variant), strict=True, kube_version=f"v{KUBE_VERSION}.0", namespace=NAMESPACE
+    )
+    assert report["total_charts_linted"] == 1
+    # severity: 1 info, 2 warning, 3 error. `helm lint --strict` fails on warnings too.
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not problems, problems
+    assert not report["errors"], report["errors"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_values_pass_schema(chart, variant):
+    chart.validate_schema(chart.merge_values(_variant_values(variant)))
+
+
+BAD_VALUES = {
+    "negative replicas": {"triton": {"replicaCount": -1}},
+    "negative orchestrator replicas": {"orchestrator": {"replicaCount": -1}},
+    "unknown top-level key": {"tritonn": {}},
+    "unknown nested key": {"triton": {"gpu": {"cont": 2}}},
+    "wrong repository mode": {"triton": {"modelRepository": {"mode": "nfs"}}},
+    "pvc mode without claim": {"triton": {"modelRepository": {"mode": "pvc"}}},
+    "object store without url": {"triton": {"modelRepository": {"mode": "objectStore"}}},
+    "object store with http url": {
+        "triton": {"modelRepository": {"mode": "objectStore", "objectStore": {"url": "http://bucket/repo"}}}
+    },
+    "gpu count zero": {"triton": {"gpu": {"count": 0}}},
+    "replicas as string": {"orchestrator": {"replicaCount": "2"}},
+    "root user": {"triton": {"securityContext": {"runAsUser": 0}}},
+    "hpa with no metric": {"triton": {"autoscaling": {"queueTime": {"enabled": False}, "cpu": {"enabled": False}}}},
+    "cpu target over 100": {"orchestrator": {"autoscaling": {"targetCPUUtilizationPercentage": 150}}},
+    "bad pull policy": {"triton": {"image": {"pullPolicy": "Sometimes"}}},
+    "bad service type": {"orchestrator": {"service": {"type": "ExternalName"}}},
+    "bad quantity": {"triton": {"shmSize": "lots"}},
+    "unknown build target": {"triton": {"modelRepository": {"initExport": {"target": "cloud"}}}},
+    "repository path escaping the claim": {
+        "triton": {"modelRepository": {"mode": "pvc", "pvc": {"claimName": "c", "path": "../etc"}}}
+    },
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_schema_rejects_bad_values(chart, case):
+    values = BAD_VALUES[case]
+    with pytest.raises(helm.HelmValuesError):
+        chart.validate_schema(chart.merge_values(values))
+    # An install/template of the same values fails before anything renders.
+    with pytest.raises(helm.HelmValuesError):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_lint_reports_schema_violation():
+    report = helm.lint(str(CHART), {"triton": {"replicaCount": -1}}, strict=True, kube_version=f"v{KUBE_VERSION}.0")
+    assert report["errors"], report
+    assert any("replicaCount" in e for e in report["errors"])
+
+
+def test_template_guard_rejects_inverted_hpa_bounds(chart):
+    with pytest.raises(helm.HelmRenderError, match="maxReplicas"):
+        chart.render({"triton": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}}, name=RELEASE)
+
+
+# ------------------------------------------------------------------------------------------------
+# Every rendered object is valid
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rendered_objects_validate(chart, variant):
+    docs = _rendered(chart, variant)
+    assert docs
+    seen = set()
+    for doc in docs:
+        _validate_object(doc)
+        key = (doc["kind"], doc["metadata"]["name"])
+        assert key not in seen, f"duplicate object {key}"
+        seen.add(key)
+        assert doc["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+
+
+def test_validators_are_not_vacuous(chart):
+    docs = _rendered(chart, "chart-defaults")
+    deployment = _strip(_one(docs, "Deployment", "triton"))
+    bad = copy.deepcopy(deployment)
+    bad["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonRot"] = True
+    with pytest.raises(kv.ValidationError):
+        kv.validate(bad, KUBE_VERSION, strict=True)
+    monitor = _strip(_one(docs, "ServiceMonitor", "triton"))
+    bad = copy.deepcopy(monitor)
+    bad["spec"]["endpoints"][0]["intervall"] = "5s"
+    with pytest.raises(jsonschema.ValidationError):
+        _validate_object(bad)
+    bad = copy.deepcopy(monitor)
+    bad["spec"]["endpoints"][0]["interval"] = "fifteen seconds"
+    with pytest.raises(jsonschema.ValidationError):
+        _validate_object(bad)
+
+
+def test_default_render_has_every_component(chart):
+    docs = _rendered(chart, "chart-defaults")
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds.count("Deployment") == 2
+    assert kinds.count("Service") == 3
+    assert kinds.count("HorizontalPodAutoscaler") == 2
+    assert kinds.count("PodDisruptionBudget") == 2
+    assert kinds.count("ServiceMonitor") == 2
+    assert kinds.count("NetworkPolicy") == 2
+    assert kinds.count("ServiceAccount") == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Security, probes, network policy
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_restricted_security_context(chart, variant):
+    for deployment in _find(_rendered(chart, variant), "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        psc = pod["securityContext"]
+        assert psc["runAsNonRoot"] is True
+        assert psc["runAsUser"] > 0
+        assert psc["seccompProfile"]["type"] == "RuntimeDefault"
+        assert "hostNetwork" not in pod and "hostPID" not in pod and "hostIPC" not in pod
+        for container in _all_containers(pod):
+            sc = container["securityContext"]
+            name = f"{deployment['metadata']['name']}/{container['name']}"
+            assert sc["runAsNonRoot"] is True, name
+            assert sc["runAsUser"] > 0, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc.get("privileged", False) is False, name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert not sc["capabilities"].get("add"), name
+            assert sc["seccompProfile"]["type"] == "RuntimeDefault", name
+            mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+            assert "/tmp" in mounts, f"{name}: read-only root needs a writable /tmp"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_triton_shm_is_memory_backed(chart, variant):
+    pod = _one(_rendered(chart, variant), "Deployment", "triton")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    triton = next(c for c in pod["containers"] if c["name"] == "tritonserver")
+    shm = next(m for m in triton["volumeMounts"] if m["mountPath"] == "/dev/shm")
+    empty_dir = volumes[shm["name"]]["emptyDir"]
+    assert empty_dir["medium"] == "Memory"
+    assert empty_dir["sizeLimit"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_probes(chart, variant):
+    docs = _rendered(chart, variant)
+    pod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    triton = next(c for c in pod["containers"] if c["name"] == "tritonserver")
+    ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    for probe, path in (
+        ("livenessProbe", "/v2/health/live"),
+        ("readinessProbe", "/v2/health/ready"),
+        ("startupProbe", "/v2/health/live"),
+    ):
+        get = triton[probe]["httpGet"]
+        assert get["path"] == path
+        assert ports.get(get["port"], get["port"]) == 8000
+
+    pod = _one(docs, "Deployment", "orchestrator")["spec"]["template"]["spec"]
+    (orc,) = pod["containers"]
+    assert {p["name"]: p["containerPort"] for p in orc["ports"]} == {"grpc": 50051, "metrics": 9464}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert orc[probe]["grpc"]["port"] == 50051  # grpc.health.v1.Health/Check
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_network_policy_restricts_triton(chart, variant):
+    docs = _rendered(chart, variant)
+    triton_pod_labels = _one(docs, "Deployment", "triton")["spec"]["template"]["metadata"]["labels"]
+    orc_pod_labels = _one(docs, "Deployment", "orchestrator")["spec"]["template"]["metadata"]["labels"]
+    policy = _one(docs, "NetworkPolicy", "triton")["spec"]
+
+    selector = policy["podSelector"]["matchLabels"]
+    assert selector.items() <= triton_pod_labels.items()
+    assert not (selector.items() <= orc_pod_labels.items())
+    assert policy["policyTypes"] == ["Ingress"]
+
+    allowed_inference = False
+    for rule in policy["ingress"]:
+        assert rule.get("from"), "an ingress rule without `from` would admit every source"
+        port_names = {p["port"] for p in rule.get("ports", [])}
+        assert port_names, "an ingress rule without ports would open every port"
+        for peer in rule["from"]:
+            if "podSelector" in peer and "namespaceSelector" not in peer:
+                # Same-namespace pods: only this release's orchestrator.
+                match = peer["podSelector"]["matchLabels"]
+                assert match.items() <= orc_pod_labels.items()
+                assert match.get("app.kubernetes.io/component") == "orchestrator"
+                assert port_names <= {"grpc", "http"}
+                allowed_inference = True
+            else:
+                # Other namespaces (Prometheus) get the metrics port and nothing else.
+                assert "namespaceSelector" in peer and peer["namespaceSelector"], peer
+                assert port_names == {"metrics"}
+    assert allowed_inference
+
+
+def test_network_policy_can_be_disabled(chart):
+    docs = _render(chart, {"networkPolicy": {"enabled": False}})
+    assert not _find(docs, "NetworkPolicy")
+
+
+# ------------------------------------------------------------------------------------------------
+# Triton: model repository modes, GPU, services, discovery
+# ------------------------------------------------------------------------------------------------
+
+
+def _triton_args(docs) -> list[str]:
+    pod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    triton = next(c for c in pod["containers"] if c["name"] == "tritonserver")
+    assert triton["command"] == ["tritonserver"]
+    return triton["args"]
+
+
+def _repo_arg(args: list[str]) -> str:
+    (value,) = [a.split("=", 1)[1] for a in args if a.startswith("--model-repository=")]
+    return value
+
+
+def test_triton_image_and_ports(chart):
+    docs = _rendered(chart, "chart-defaults")
+    pod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    triton = next(c for c in pod["containers"] if c["name"] == "tritonserver")
+    assert triton["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
+    args = _triton_args(docs)
+    for expected in ("--grpc-port=8001", "--http-port=8000", "--metrics-port=8002"):
+        assert expected in args
+
+
+def test_repository_mode_init_export(chart):
+    docs = _rendered(chart, "init-export-values.yaml")
+    pod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    assert _repo_arg(_triton_args(docs)) == "/models/repository"
+    export, build = pod["initContainers"]
+    assert [export["command"][0]] + export["args"][:3] == ["segserve", "export", "--out", "/models/artifacts"]
+    assert build["command"] == ["segserve"]
+    assert build["args"][:7] == [
+        "build-repo", "--target", "fleet", "--artifacts", "/models/artifacts", "--out", "/models/repository",
+    ]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes["models"]
+    assert volumes["checkpoints"]["persistentVolumeClaim"]["readOnly"] is True
+    triton = next(c for c in pod["containers"] if c["name"] == "tritonserver")
+    models_mount = next(m for m in triton["volumeMounts"] if m["name"] == "models")
+    assert models_mount["readOnly"] is True
+
+
+def test_repository_mode_init_export_on_pvc(chart):
+    docs = _render(
+        chart,
+        {"triton": {"modelRepository": {"initExport": {"storage": {"type": "pvc", "claimName": "repo-rwo"}}}}},
+    )
+    volumes = {v["name"]: v for v in _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "repo-rwo"
+    for doc in docs:
+        _validate_object(doc)
+
+
+def test_repository_mode_pvc(chart):
+    docs = _rendered(chart, "pvc-repository-values.yaml")
+    pod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    assert _repo_arg(_triton_args(docs)) == "/models/fleet/repository"
+    assert "--model-control-mode=poll" in _triton_args(docs)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "segserve-model-repository", "readOnly": True}
+
+
+@pytest.mark.parametrize("variant,url", [
+    ("object-store-values.yaml", "s3://segserve-models/fleet/repository"),
+    ("gcs-object-store-values.yaml", "gs://segserve-models/fleet/repository"),
+])
+def test_repository_mode_object_store(chart, variant, url):
+    docs = _rendered(chart, variant)
+    pod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    assert _repo_arg(_triton_args(docs)) == url
+    assert "models" not in {v["name"] for v in pod["volumes"]}
+
+
+def test_object_store_credentials_secret(chart):
+    docs = _rendered(chart, "object-store-values.yaml")
+    triton = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]
+    assert {"secretRef": {"name": "segserve-s3-credentials"}} in triton["envFrom"]
+
+
+def test_gpu_resources(chart):
+    gpu = _one(_rendered(chart, "chart-defaults"), "Deployment", "triton")
+    limits = gpu["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == 1
+
+    docs = _render(chart, {"triton": {"gpu": {"count": 2, "resourceName": "nvidia.com/mig-3g.40gb"}}})
+    limits = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/mig-3g.40gb"] == 2 and "nvidia.com/gpu" not in limits
+
+    cpu = _one(_rendered(chart, "cpu-only-values.yaml"), "Deployment", "triton")
+    text = json.dumps(cpu)
+    assert "nvidia.com/gpu" not in text
+    assert "--allow-gpu-metrics=false" in _triton_args([cpu])
+
+
+def test_services_and_discovery(chart):
+    docs = _rendered(chart, "chart-defaults")
+    triton_services = _find(docs, "Service", "triton")
+    headless = [s for s in triton_services if s["spec"].get("clusterIP") == "None"]
+    normal = [s for s in triton_services if s["spec"].get("clusterIP") != "None"]
+    assert len(headless) == 1 and len(normal) == 1
+    (headless,), (normal,) = headless, normal
+
+    assert normal["spec"]["type"] == "ClusterIP"
+    assert {p["name"]: p["port"] for p in normal["spec"]["ports"]} == {"grpc": 8001, "http": 8000, "metrics": 8002}
+    assert {p["name"]: p["port"] for p in headless["spec"]["ports"]} == {"grpc": 8001}
+    assert headless["spec"]["publishNotReadyAddresses"] is False
+    triton_pod_labels = _one(docs, "Deployment", "triton")["spec"]["template"]["metadata"]["labels"]
+    for svc in (headless, normal):
+        assert svc["spec"]["selector"].items() <= triton_pod_labels.items()
+
+    orc = _one(docs, "Deployment", "orchestrator")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in orc["env"]}
+    assert env["SEGSERVE_TRITON_HEADLESS"] == f"{headless['metadata']['name']}:8001"
+    assert env["SEGSERVE_TRITON_URL"] == f"{normal['metadata']['name']}:8001"
+
+    orc_svc = _one(docs, "Service", "orchestrator")
+    assert {p["name"]: p["port"] for p in orc_svc["spec"]["ports"]} == {"grpc": 50051, "metrics": 9464}
+    assert all(len(d["metadata"]["name"]) <= 63 for d in docs if d["kind"] == "Service")
+
+
+def test_orchestrator_client_affinity_option(chart):
+    docs = _rendered(chart, "chart-defaults")
+    assert _one(docs, "Service", "orchestrator")["spec"]["sessionAffinity"] == "None"
+    docs = _render(chart, {"orchestrator": {"service": {"sessionAffinity": "ClientIP"}}})
+    svc = _one(docs, "Service", "orchestrator")
+    assert svc["spec"]["sessionAffinity"] == "ClientIP"
+    assert svc["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] == 3600
+    _validate_object(svc)
+
+
+def test_long_release_names_fit_dns_labels(chart):
+    docs = _render(chart, {"fullnameOverride": "x" * 63})
+    for doc in docs:
+        if doc["kind"] == "Service":
+            assert len(doc["metadata"]["name"]) <= 63, doc["metadata"]["name"]
+        _validate_object(doc)
+
+
+# ------------------------------------------------------------------------------------------------
+# Autoscaling, disruption budgets, monitoring
+# ------------------------------------------------------------------------------------------------
+
+
+def test_triton_hpa_queue_time_and_cpu(chart):
+    docs = _rendered(chart, "chart-defaults")
+    hpa = _one(docs, "HorizontalPodAutoscaler", "triton")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == _one(docs, "Deployment", "triton")["metadata"]["name"]
+    metrics = {m["type"]: m for m in hpa["spec"]["metrics"]}
+    pods = metrics["Pods"]["pods"]
+    assert pods["metric"]["name"] == "triton_queue_duration_us_per_request"
+    assert pods["target"]["type"] == "AverageValue"
+    assert metrics["Resource"]["resource"]["name"] == "cpu"
+    assert metrics["Resource"]["resource"]["target"]["type"] == "Utilization"
+    # The HPA owns the replica count.
+    assert "replicas" not in _one(docs, "Deployment", "triton")["spec"]
+
+    orc_hpa = _one(docs, "HorizontalPodAutoscaler", "orchestrator")
+    assert [m["resource"]["name"] for m in orc_hpa["spec"]["metrics"]] == ["cpu"]
+
+
+def test_autoscaling_disabled(chart):
+    docs = _rendered(chart, "autoscaling-disabled-values.yaml")
+    assert not _find(docs, "HorizontalPodAutoscaler")
+    assert _one(docs, "Deployment", "triton")["spec"]["replicas"] == 3
+    assert _one(docs, "Deployment", "orchestrator")["spec"]["replicas"] == 3
+    assert _one(docs, "PodDisruptionBudget", "triton")["spec"]["minAvailable"] == 2
+    assert _one(docs, "PodDisruptionBudget", "orchestrator")["spec"]["minAvailable"] == "50%"
+
+
+def test_monitoring_disabled_falls_back_to_cpu(chart):
+    docs = _rendered(chart, "monitoring-disabled-values.yaml")
+    assert not _find(docs, "ServiceMonitor")
+    hpa = _one(docs, "HorizontalPodAutoscaler", "triton")
+    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Resource"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_pdbs_select_their_pods(chart, variant):
+    docs = _rendered(chart, variant)
+    for component in ("triton", "orchestrator"):
+        pdb = _one(docs, "PodDisruptionBudget", component)
+        pod_labels = _one(docs, "Deployment", component)["spec"]["template"]["metadata"]["labels"]
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        assert ("minAvailable" in pdb["spec"]) != ("maxUnavailable" in pdb["spec"])
+
+
+def test_service_monitors_target_metrics_ports(chart):
+    docs = _rendered(chart, "full-monitoring-values.yaml")
+    services = _find(docs, "Service")
+    for component, port in (("triton", 8002), ("orchestrator", 9464)):
+        sm = _one(docs, "ServiceMonitor", component)
+        assert sm["metadata"]["namespace"] == "monitoring"
+        assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+        selector = sm["spec"]["selector"]["matchLabels"]
+        matched = [s for s in services if selector.items() <= s["metadata"]["labels"].items()]
+        assert len(matched) == 1, "exactly one Service per ServiceMonitor (no double scraping via headless)"
+        ports = {p["name"]: p["port"] for p in matched[0]["spec"]["ports"]}
+        (endpoint,) = sm["spec"]["endpoints"]
+        assert ports[endpoint["port"]] == port
+
+
+def test_prometheus_adapter_rule(chart):
+    docs = _rendered(chart, "full-monitoring-values.yaml")
+    (cm,) = _find(docs, "ConfigMap")
+    config = yaml.safe_load(cm["data"]["config.yaml"])
+    (rule,) = config["rules"]
+    assert rule["name"]["as"] == "triton_queue_duration_us_per_request"
+    assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+    query = rule["metricsQuery"]
+    assert "nv_inference_queue_duration_us" in query and "nv_inference_request_success" in query
+    assert "[1m]" in query
+    assert not _find(_rendered(chart, "chart-defaults"), "ConfigMap")
+
+
+def test_chart_packages(tmp_path):
+    archive = helm.package(str(CHART), destination=str(tmp_path))
+    with helm.Chart.load(archive) as packaged:
+        names = {f["name"] for f in packaged.files}
+        assert "README.md" in names and "values.schema.json" not in names  # schema is loaded as schema
+        assert packaged.schema is not None
+        assert packaged.render({}, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_notes_render(chart):
+    notes = chart.render({}, name=RELEASE, namespace=NAMESPACE)["segserve/templates/NOTES.txt"]
+    assert f"{RELEASE}-segserve-triton-headless" in notes
+    assert "Session affinity" in notes
+
+
+# ------------------------------------------------------------------------------------------------
+# Files that ship beside the chart
+# ------------------------------------------------------------------------------------------------
+
+
+def test_grafana_dashboard():
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    exprs = []
+    ids = set()
+    for panel in dashboard["panels"]:
+        assert panel["id"] not in ids
+        ids.add(panel["id"])
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${datasource}"
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}"
+            exprs.append(target["expr"])
+    text = "\n".join(exprs)
+    for metric in (
+        "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
+        "nv_inference_exec_count", "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
+        "nv_inference_request_duration_us", "segserve_request_latency_seconds_bucket",
+        "segserve_stage_latency_seconds_bucket", "segserve_requests_total", "segserve_open_sessions",
+        "segserve_embedding_cache_total",
+    ):
+        assert metric in text, metric
+    for q in ("0.5", "0.95", "0.99"):
+        assert f"histogram_quantile({q}," in text
+    for expr in exprs:
+        assert expr.count("(") == expr.count(")"), expr
+        assert expr.count("{") == expr.count("}"), expr
+
+
+def test_dockerfile_is_cpu_only_and_non_root():
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    assert any(ln.startswith("FROM python:3.11-slim") or "python:3.11-slim" in ln for ln in lines)
+    torch_line = next(i for i, ln in enumerate(lines) if "pip install torch==2.13.0" in ln)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in lines[torch_line]
+    project_line = next(i for i, ln in enumerate(lines) if "pip install ." in ln)
+    assert torch_line < project_line
+    users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
+    assert users and not users[-1].startswith(("0", "root"))
+    assert lines[-1] == 'ENTRYPOINT ["segserve", "orchestrator"]'
+    assert (ROOT / ".dockerignore").is_file()
