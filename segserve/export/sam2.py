@@ -35,7 +35,7 @@ def random_config(size: str = "tiny") -> Sam2Config:
     if size != "tiny":
         raise ValueError(f"unknown random SAM 2 config {size!r}; choose one of {RANDOM_CONFIGS}")
     hidden = 64
-    return Sam2Config(
+    config = Sam2Config(
         vision_config={
             "backbone_config": {
                 "model_type": "sam2_hiera_det_model",
@@ -53,6 +53,12 @@ def random_config(size: str = "tiny") -> Sam2Config:
         mask_decoder_config={"hidden_size": hidden, "mlp_dim": 128, "num_attention_heads": 2,
                              "iou_head_hidden_dim": hidden},
     )
+    # The default 0.02 init gives logits of ~1e-4, too small for parity checks to mean anything;
+    # 0.15 gives logits of order 1 and masks that are neither empty nor full.
+    for sub in (config, config.vision_config, config.vision_config.backbone_config,
+                config.prompt_encoder_config, config.mask_decoder_config):
+        sub.initializer_range = 0.15
+    return config
 
 
 def load_sam2(checkpoint: Path) -> Sam2Model:

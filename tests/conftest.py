@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny random-weight SAM 2 exported once, and the real embedded stack."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_num_threads(max(1, (os.cpu_count() or 2)))
+
+
+@pytest.fixture(scope="session")
+def sam2_artifacts(tmp_path_factory) -> Path:
+    from segserve.export.sam2 import export_sam2
+
+    out = tmp_path_factory.mktemp("artifacts")
+    export_sam2(None, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sam2_torch_model(sam2_artifacts):
+    from transformers import Sam2Model
+
+    return Sam2Model.from_pretrained(sam2_artifacts / "checkpoints" / "sam2-random-tiny").eval()
+
+
+@pytest.fixture(scope="session")
+def embedded_repository(sam2_artifacts, tmp_path_factory) -> Path:
+    from segserve.repository.builder import build_repository
+
+    out = tmp_path_factory.mktemp("repository")
+    build_repository(sam2_artifacts, out, "embedded", session_ttl_s=600, max_sessions=32)
+    return out
+
+
+@pytest.fixture(scope="session")
+def stack(embedded_repository, tmp_path_factory):
+    from segserve.orchestrator.settings import Settings
+    from segserve.runtime.stack import start_stack
+
+    settings = Settings(max_image_sessions=8, embedding_cache_size=2, max_image_pixels=40_000_000)
+    with start_stack(embedded_repository, tmp_path_factory.mktemp("triton"), settings) as running:
+        yield running
+
+
+@pytest.fixture()
+def client(stack):
+    from segserve.client import SegservClient
+
+    with SegservClient(stack.address) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def photo() -> np.ndarray:
+    """A real photo (scikit-image's sample data), cropped to a non-square size."""
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut()[40:440, 20:500])
