@@ -349,7 +349,9 @@ def meta_config_from_state_dict(
         "memory_attention_rope_feat_sizes": [IMAGE_SIZE // PATCH_SIZE, IMAGE_SIZE // PATCH_SIZE],
         "memory_encoder_hidden_size": int(_need(state, enc + "pix_feat_proj.weight").shape[0]),
         "memory_encoder_output_channels": int(_need(state, enc + "out_proj.weight").shape[0]),
-        "mask_downsampler_embed_dim": int(_need(state, enc + f"mask_downsampler.encoder.{3 * n_down}.weight").shape[0]),
+        "mask_downsampler_embed_dim": int(
+            _need(state, enc + f"mask_downsampler.encoder.{3 * n_down}.weight").shape[0]
+        ),
         "mask_downsampler_kernel_size": int(down_conv.shape[-1]),
         "mask_downsampler_stride": 2,
         "mask_downsampler_padding": int(down_conv.shape[-1]) // 2,
@@ -442,13 +444,15 @@ _RULES: list[tuple[re.Pattern, _Target, bool]] = [
          _to(r"vision_encoder.backbone.blocks.\g<b>.\g<n>.\g<p>"), False),
         (rf"(?P<mlp>image_encoder\.trunk\.blocks\.(?P<b>\d+)\.mlp)\.layers\.(?P<i>\d+)\.{_WB}",
          _mlp(r"vision_encoder.backbone.blocks.\g<b>.mlp"), False),
-        (rf"image_encoder\.neck\.convs\.(?P<c>\d+)\.conv\.{_WB}", _to(r"vision_encoder.neck.convs.\g<c>.\g<p>"), False),
+        (rf"image_encoder\.neck\.convs\.(?P<c>\d+)\.conv\.{_WB}",
+         _to(r"vision_encoder.neck.convs.\g<c>.\g<p>"), False),
         # Prompt encoder. The random Fourier matrix feeds both the prompt encoder and the image-wide PE.
         (r"sam_prompt_encoder\.pe_layer\.positional_encoding_gaussian_matrix",
          lambda m, d: ["prompt_encoder.shared_embedding.positional_embedding",
                        "shared_image_embedding.positional_embedding"], False),
         (r"sam_prompt_encoder\.point_embeddings\.(?P<i>\d+)\.weight", lambda m, d: [_POINT_EMBED], False),
-        (r"sam_prompt_encoder\.(?P<n>not_a_point_embed|no_mask_embed)\.weight", _to(r"prompt_encoder.\g<n>.weight"), False),
+        (r"sam_prompt_encoder\.(?P<n>not_a_point_embed|no_mask_embed)\.weight",
+         _to(r"prompt_encoder.\g<n>.weight"), False),
         (rf"sam_prompt_encoder\.mask_downscaling\.(?P<i>\d+)\.{_WB}",
          _table(r"prompt_encoder.mask_embed.{}.\g<p>", "i", _PROMPT_MASK_EMBED), False),
         # Mask decoder.
@@ -468,7 +472,8 @@ _RULES: list[tuple[re.Pattern, _Target, bool]] = [
          _to(r"mask_decoder.transformer.final_attn_token_to_image.o_proj.\g<p>"), False),
         (rf"sam_mask_decoder\.transformer\.norm_final_attn\.{_WB}",
          _to(r"mask_decoder.transformer.layer_norm_final_attn.\g<p>"), False),
-        (r"sam_mask_decoder\.(?P<n>iou_token|mask_tokens|obj_score_token)\.weight", _to(r"mask_decoder.\g<n>.weight"), False),
+        (r"sam_mask_decoder\.(?P<n>iou_token|mask_tokens|obj_score_token)\.weight",
+         _to(r"mask_decoder.\g<n>.weight"), False),
         (rf"sam_mask_decoder\.(?P<n>conv_s0|conv_s1)\.{_WB}", _to(r"mask_decoder.\g<n>.\g<p>"), False),
         (rf"sam_mask_decoder\.output_upscaling\.(?P<i>\d+)\.{_WB}",
          _table(r"mask_decoder.{}.\g<p>", "i", _UPSCALING), False),
@@ -487,7 +492,8 @@ _RULES: list[tuple[re.Pattern, _Target, bool]] = [
         # Memory encoder.
         (rf"memory_encoder\.mask_downsampler\.encoder\.(?P<i>\d+)\.{_WB}", _mask_downsampler, True),
         (rf"memory_encoder\.pix_feat_proj\.{_WB}", _to(r"memory_encoder.feature_projection.\g<p>"), True),
-        (r"memory_encoder\.fuser\.layers\.(?P<l>\d+)\.gamma", _to(r"memory_encoder.memory_fuser.layers.\g<l>.scale"), True),
+        (r"memory_encoder\.fuser\.layers\.(?P<l>\d+)\.gamma",
+         _to(r"memory_encoder.memory_fuser.layers.\g<l>.scale"), True),
         (rf"memory_encoder\.fuser\.layers\.(?P<l>\d+)\.(?P<n>dwconv|norm|pwconv1|pwconv2)\.{_WB}",
          _table(r"memory_encoder.memory_fuser.layers.\g<l>.{}.\g<p>", "n", _FUSER), True),
         (rf"memory_encoder\.out_proj\.{_WB}", _to(r"memory_encoder.projection.\g<p>"), True),
@@ -589,8 +595,11 @@ def _load_strict(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], so
 def _load(path: Path, video: bool, architecture: HieraArchitecture | None) -> torch.nn.Module:
     path = Path(path)
     state = read_meta_state_dict(path)
-    config = meta_config_from_state_dict(state, video=video, architecture=architecture)
-    weights = convert_meta_state_dict(state, video=video)
+    try:
+        config = meta_config_from_state_dict(state, video=video, architecture=architecture)
+        weights = convert_meta_state_dict(state, video=video)
+    except MetaCheckpointError as exc:
+        raise MetaCheckpointError(f"{path}: {exc}") from None
     model = (Sam2VideoModel if video else Sam2Model)(config)
     _load_strict(model, weights, path)
     return model.eval()

@@ -147,7 +147,8 @@ def model_info(manifest: Manifest) -> str:
 
 
 def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph_backend: str = "onnxruntime",
-                     session_ttl_s: float = 600.0, max_sessions: int = 64) -> list[str]:
+                     session_ttl_s: float = 600.0, max_sessions: int = 64, session_runner: str | None = None) -> list[str]:
+    """`session_runner="bls"` on the embedded target runs the fleet's BLS code path on CPU."""
     if target not in TARGETS:
         raise RepositoryError(f"unknown target {target!r}; choose one of {TARGETS}")
     manifest = Manifest(Path(artifacts))
@@ -162,6 +163,8 @@ def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph
         version_dir.mkdir(parents=True)
         if spec.python_module:
             spec.parameters["model_info"] = info
+            if session_runner and "runner" in spec.parameters:
+                spec.parameters["runner"] = session_runner
         config = render_config(spec, target, graph_backend)
         (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
         if spec.graph:
