@@ -23,13 +23,26 @@ def _floats(text: str, count: tuple[int, ...], what: str) -> list[float]:
     return values
 
 
-def cmd_export(args) -> None:
-    from segserve.export.sam2 import export_sam2
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        family, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"{what} takes FAMILY=VALUE, got {item!r}")
+        pairs[family] = value
+    return pairs
 
-    records = export_sam2(args.checkpoint, args.out, args.expect_sha256, args.random_size, args.force)
-    for name, record in records.items():
+
+def cmd_export(args) -> None:
+    from segserve.export.families import export_families
+    from segserve.export.manifest import Manifest
+
+    checkpoints = {k: Path(v) for k, v in _pairs(args.checkpoint, "--checkpoint").items()}
+    export_families(args.families.split(","), args.out, checkpoints, _pairs(args.expect_sha256, "--expect-sha256"),
+                    args.random_size, args.force)
+    for record in Manifest(args.out).records.values():
         weights = "RANDOM weights" if record.random_weights else "checkpoint weights"
-        print(f"{name}: {args.out / record.file} ({weights}; parity max abs error "
+        print(f"{record.name}: {args.out / record.file} ({weights}; parity max abs error "
               f"{record.parity['max_abs_error']:.2e})")
 
 
@@ -114,11 +127,15 @@ def parser() -> argparse.ArgumentParser:
     sub = root.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("export", help="export ONNX graphs (parity-checked, cached by checkpoint hash)")
-    p.add_argument("--checkpoint", type=Path, help="SAM 2 HF directory or official .pt; random weights if omitted")
+    p.add_argument("--families", default="sam2", help="comma-separated: sam2, mask2former")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="FAMILY=PATH",
+                   help="local checkpoint (HF directory; SAM 2 also an official .pt); else SEGSERVE_<FAMILY>_CHECKPOINT; "
+                        "random weights if neither")
     p.add_argument("--out", type=Path, default=DEFAULT_ARTIFACTS)
-    p.add_argument("--expect-sha256", help="refuse a checkpoint with another sha256")
-    p.add_argument("--random-size", choices=("tiny", "hiera-tiny"), default="tiny",
-                   help="size of the random-weight model used when no checkpoint is given")
+    p.add_argument("--expect-sha256", action="append", default=[], metavar="FAMILY=SHA256",
+                   help="refuse a checkpoint with another sha256")
+    p.add_argument("--random-size", choices=("tiny", "real"), default="tiny",
+                   help="random-weight model size when no checkpoint is given (real: published shapes)")
     p.add_argument("--force", action="store_true", help="re-export even when cached")
     p.set_defaults(func=cmd_export)
 

@@ -189,13 +189,23 @@ def export_artifact(
     return record
 
 
-def random_checkpoint(directory: Path, build: Callable[[], torch.nn.Module], seed: int = 0) -> Path:
-    """Save a seeded random-weight model once; later calls reuse it (stable hash, stable cache)."""
-    if (directory / "config.json").is_file():
+def random_checkpoint(directory: Path, build: Callable[[], torch.nn.Module], seed: int = 0,
+                      fingerprint: str = "") -> Path:
+    """Save a seeded random-weight model once; later calls reuse it (stable hash, stable cache).
+    `fingerprint` (e.g. the config's JSON) rebuilds it when the recipe changes."""
+    marker = directory / "RANDOM_WEIGHTS"
+    stamp = f"random-weight model built in code; not a trained checkpoint\nrecipe {hash_text(f'{seed}:{fingerprint}')}\n"
+    if (directory / "config.json").is_file() and marker.is_file() and marker.read_text() == stamp:
         return directory
     torch.manual_seed(seed)
     model = build()
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
-    (directory / "RANDOM_WEIGHTS").write_text("random-weight model built in code; not a trained checkpoint\n")
+    marker.write_text(stamp)
     return directory
+
+
+def hash_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -251,7 +251,8 @@ def export_sam2(
     random_weights = checkpoint is None
     if random_weights:
         checkpoint = random_checkpoint(out_dir / "checkpoints" / f"sam2-random-{random_size}",
-                                       lambda: Sam2Model(random_config(random_size)))
+                                       lambda: Sam2Model(random_config(random_size)),
+                                       fingerprint=random_config(random_size).to_json_string())
         log(f"no SAM 2 checkpoint given: using RANDOM weights ({random_size} config) at {checkpoint}")
     checkpoint = Path(checkpoint)
     with Step(f"hashing checkpoint {checkpoint}"):

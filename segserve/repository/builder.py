@@ -17,7 +17,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from segserve.export.manifest import Manifest
 
-from .description import ModelSpec, Tensor, sam2_models
+from .description import FAMILY_MODELS, ModelSpec, Tensor
 
 TARGETS = ("embedded", "fleet")
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -113,10 +113,12 @@ def _copy_runtime_package(version_dir: Path) -> None:
 
 
 def model_specs(manifest: Manifest, session_ttl_s: float = 600.0, max_sessions: int = 64) -> list[ModelSpec]:
+    """The models of every family whose key artifact was exported."""
+    options = {"session_ttl_s": session_ttl_s, "max_sessions": max_sessions}
     specs: list[ModelSpec] = []
-    if "sam2_image_encoder" in manifest.records:
-        info = manifest.records["sam2_image_encoder"].model_config
-        specs += sam2_models(info, session_ttl_s, max_sessions)
+    for key_artifact, describe in FAMILY_MODELS.items():
+        if key_artifact in manifest.records:
+            specs += describe(manifest.records[key_artifact].model_config, options)
     if not specs:
         raise RepositoryError(f"no exported graphs in {manifest.directory}; run `segserve export` first")
     for spec in specs:

@@ -46,8 +46,8 @@ class ModelSpec:
     requires: tuple[str, ...] = ()  # manifest artifacts that must exist for this model
 
 
-def sam2_models(sam2_config: dict[str, Any], session_ttl_s: float, max_sessions: int,
-                encoder_batch: int = 4) -> list[ModelSpec]:
+def sam2_models(sam2_config: dict[str, Any], options: dict[str, Any], encoder_batch: int = 4) -> list[ModelSpec]:
+    session_ttl_s, max_sessions = options["session_ttl_s"], options["max_sessions"]
     low_res = int(sam2_config.get("low_res_mask_size", 256))
     size = int(sam2_config.get("image_size", 1024))
     encoder = ModelSpec(
@@ -101,3 +101,10 @@ def sam2_models(sam2_config: dict[str, Any], session_ttl_s: float, max_sessions:
         requires=("sam2_image_encoder", "sam2_prompt_decoder"),
     )
     return [encoder, decoder, session]
+
+
+# Key artifact of each family -> its models. A family is in the repository when its key artifact is
+# in the manifest.
+FAMILY_MODELS = {
+    "sam2_image_encoder": sam2_models,
+}
