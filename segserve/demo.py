@@ -1,0 +1,92 @@
+"""`make demo`: export, build the repository, start embedded Triton + orchestrator, segment a real
+photo with point and box prompts (SDK and CLI), write overlays and a JSON summary, stop."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def _families() -> list[str]:
+    families = ["sam2"]
+    try:
+        import segserve.demo_panoptic  # noqa: F401  (present once Mask2Former serving is in)
+
+        families.append("mask2former")
+    except ImportError:
+        pass
+    return families
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--repository", type=Path, default=Path("model_repository/embedded"))
+    parser.add_argument("--out", type=Path, default=Path("out"))
+    parser.add_argument("--random-size", choices=("tiny", "real"), default="tiny")
+    args = parser.parse_args(argv)
+
+    from skimage import data
+
+    from segserve.client import SegservClient
+    from segserve.common.overlay import overlay
+    from segserve.export.families import export_families
+    from segserve.repository.builder import build_repository
+    from segserve.runtime.stack import start_stack
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    families = _families()
+    if not os.environ.get("SEGSERVE_SAM2_CHECKPOINT"):
+        print("[demo] SEGSERVE_SAM2_CHECKPOINT is not set: exporting a RANDOM-WEIGHT SAM 2 "
+              f"({args.random_size} config). The pipeline is real, the masks are not meaningful.", flush=True)
+    export_families(families, args.artifacts, size=args.random_size)
+    build_repository(args.artifacts, args.repository, "embedded")
+    print(f"[demo] repository built at {args.repository} ({', '.join(families)})", flush=True)
+
+    photo = np.ascontiguousarray(data.astronaut())  # a real photo shipped with scikit-image
+    input_path = args.out / "input.png"
+    Image.fromarray(photo).save(input_path)
+    point, box = (240, 120, 1), (130, 20, 350, 260)
+    summary: dict = {"image": str(input_path), "size": list(photo.shape[:2])}
+    started = time.perf_counter()
+    with start_stack(args.repository, Path("build/demo-triton")) as stack, SegservClient(stack.address) as client:
+        print(f"[demo] stack up in {time.perf_counter() - started:.1f} s: orchestrator {stack.address}, "
+              f"Triton {stack.triton.grpc_url}", flush=True)
+        opened = client.open_image(photo)
+        for name, prompt in (("point", dict(points=[point])), ("box", dict(boxes=[box])),
+                             ("point_and_box", dict(points=[point], boxes=[box]))):
+            t0 = time.perf_counter()
+            result = client.mask_from_prompt(image_id=opened.image_id, multimask=True, **prompt)
+            latency_ms = (time.perf_counter() - t0) * 1000
+            best = result.objects[0].best
+            path = args.out / f"overlay_{name}.png"
+            overlay(photo, [best.mask], [f"{name} {best.score:.2f}"], prompt.get("points", ()), prompt.get("boxes", ())).save(path)
+            summary[name] = {"overlay": str(path), "score": best.score, "area": best.area, "bbox": best.bbox,
+                             "latency_ms": round(latency_ms, 1)}
+        client.close_image(opened.image_id)
+        cli_overlay = args.out / "cli_overlay.png"
+        subprocess.run([sys.executable, "-m", "segserve.cli", "segment", str(input_path), "--point", "240,120,1",
+                        "--box", "130,20,350,260", "--out", str(args.out / "cli_mask.png"), "--overlay",
+                        str(cli_overlay), "--server", stack.address], check=True)
+        summary["cli_overlay"] = str(cli_overlay)
+        if "mask2former" in families:
+            from segserve import demo_panoptic
+
+            summary["panoptic"] = demo_panoptic.run(client, photo, args.out)
+        summary["model"] = {"random_weights": result.model.random_weights, "checkpoint": result.model.checkpoint}
+    (args.out / "results.json").write_text(json.dumps(summary, indent=2))
+    print(f"[demo] results written under {args.out.resolve()}:")
+    for path in sorted(args.out.glob("*")):
+        print(f"  {path}")
+    print("[demo] stack stopped.")
+
+
+if __name__ == "__main__":
+    main()
