@@ -18,6 +18,7 @@ from segserve.common.sam2_transforms import build_prompts
 from . import validation
 from .errors import ServiceError, invalid
 from .metrics import REQUEST_LATENCY, REQUESTS, STAGE_LATENCY
+from .segment import Segmenter
 from .sessions import ImageSessions
 from .settings import Settings
 from .triton_pool import TritonPool
@@ -90,6 +91,7 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         self.images = ImageSessions(self.pool, settings.max_image_sessions, settings.embedding_cache_size,
                                     settings.session_ttl_s)
         self._model_info: list[pb.ModelInfo] | None = None
+        self.segmenter = Segmenter(self.pool)
 
     def model_info(self) -> list[pb.ModelInfo]:
         if self._model_info is None:
@@ -138,8 +140,13 @@ class SegmentationService(pb_grpc.SegmentationServicer):
             raise invalid("points", "give at least one prompt: points, boxes or mask_input")
         coords, point_labels = build_prompts(xy, labels, boxes, (height, width))
         with stage("decode_prompt"):
-            result = session.replica.prompt(session.sequence_id, coords, point_labels, mask,
-                                            request.multimask_output, request.return_low_res_logits)
+            try:
+                result = session.replica.prompt(session.sequence_id, coords, point_labels, mask,
+                                                request.multimask_output, request.return_low_res_logits)
+            except ServiceError as exc:
+                if exc.code == grpc.StatusCode.NOT_FOUND:
+                    self.images.discard(session.image_id)
+                raise
         with stage("encode_masks"):
             objects = []
             for p, counts in enumerate(result.rle_counts):
@@ -161,6 +168,11 @@ class SegmentationService(pb_grpc.SegmentationServicer):
             raise invalid("image_id", "is required")
         self.images.close(request.image_id)
         return pb.CloseImageResponse()
+
+    @rpc
+    def Segment(self, request, context):
+        with stage("segment"):
+            return self.segmenter.segment(request, self._decode)
 
     @rpc
     def GetModelInfo(self, request, context):

@@ -3,9 +3,14 @@
 Explicit sessions come from OpenImage and live until CloseImage or the idle TTL. Images sent as
 bytes to MaskFromPrompt open implicit sessions keyed by the bytes' sha256; those form an LRU cache
 of embeddings, so repeated prompts on the same picture skip the encoder.
+
+An image_id names its replica, sequence id and size, so any orchestrator replica can serve a
+session another one opened (no sticky load balancing needed). The 63-bit random sequence id is
+what makes an id unguessable; only replicas this orchestrator discovered itself are ever called.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 import threading
@@ -20,6 +25,22 @@ from .metrics import EMBEDDING_CACHE, OPEN_SESSIONS
 from .triton_pool import Replica, TritonPool
 
 
+def encode_image_id(replica_url: str, sequence_id: int, height: int, width: int) -> str:
+    raw = f"1|{replica_url}|{sequence_id:x}|{height}|{width}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_image_id(image_id: str) -> tuple[str, int, int, int] | None:
+    try:
+        raw = base64.urlsafe_b64decode(image_id + "=" * (-len(image_id) % 4)).decode()
+        version, url, sequence, height, width = raw.split("|")
+        if version != "1":
+            return None
+        return url, int(sequence, 16), int(height), int(width)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 @dataclass
 class ImageSession:
     image_id: str
@@ -29,6 +50,7 @@ class ImageSession:
     width: int
     implicit: bool
     last_used: float = field(default_factory=time.monotonic)
+    adopted: bool = False  # opened through another orchestrator replica
 
 
 class ImageSessions:
@@ -41,6 +63,7 @@ class ImageSessions:
         self._sessions: dict[str, ImageSession] = {}
         self._cache: OrderedDict[str, str] = OrderedDict()  # image sha256 -> image_id (implicit)
         self._opening: dict[str, threading.Event] = {}
+        self._closed: OrderedDict[str, None] = OrderedDict()  # recently closed ids: NOT_FOUND, not adopted
 
     def _gauge(self) -> None:
         OPEN_SESSIONS.labels(kind="image").set(sum(not s.implicit for s in self._sessions.values()))
@@ -53,7 +76,8 @@ class ImageSessions:
         except BaseException:
             self.pool.release(replica)
             raise
-        session = ImageSession(secrets.token_hex(16), sequence_id, replica, height, width, implicit)
+        session = ImageSession(encode_image_id(replica.url, sequence_id, height, width), sequence_id, replica,
+                               height, width, implicit)
         with self._lock:
             self._sessions[session.image_id] = session
             self._gauge()
@@ -70,7 +94,7 @@ class ImageSessions:
 
     def get(self, image_id: str) -> ImageSession:
         with self._lock:
-            session = self._sessions.get(image_id)
+            session = self._sessions.get(image_id) or self._adopt_locked(image_id)
             if session is None:
                 raise not_found("image_id", f"{image_id!r} is not open (never opened, closed or expired)")
             if time.monotonic() - session.last_used > self.ttl_s:
@@ -115,13 +139,39 @@ class ImageSessions:
             with self._lock:
                 self._opening.pop(key).set()
 
+    def discard(self, image_id: str) -> None:
+        """Forget a session Triton no longer holds (closed elsewhere, or dropped when idle)."""
+        with self._lock:
+            if session := self._sessions.get(image_id):
+                self._drop_locked(session)
+
+    def _adopt_locked(self, image_id: str) -> ImageSession | None:
+        """A session opened through another orchestrator replica; Triton knows whether it is live."""
+        if image_id in self._closed:
+            return None
+        decoded = decode_image_id(image_id)
+        replica = self.pool.known(decoded[0]) if decoded else None
+        if replica is None:
+            return None
+        session = ImageSession(image_id, decoded[1], replica, decoded[2], decoded[3], implicit=False, adopted=True)
+        self.pool.claim(replica)
+        self._sessions[image_id] = session
+        self._gauge()
+        return session
+
     def close(self, image_id: str) -> None:
         with self._lock:
-            session = self._sessions.get(image_id)
+            session = self._sessions.get(image_id) or self._adopt_locked(image_id)
             if session is None or session.implicit:
                 raise not_found("image_id", f"{image_id!r} is not open (never opened, closed or expired)")
             self._drop_locked(session)
-        self._end(session)
+            self._closed[image_id] = None
+            while len(self._closed) > 4096:
+                self._closed.popitem(last=False)
+        if session.adopted:
+            session.replica.close_session(session.sequence_id, missing_ok=False)  # NOT_FOUND if not live
+        else:
+            self._end(session)
 
     def _drop_locked(self, session: ImageSession) -> None:
         self._sessions.pop(session.image_id, None)

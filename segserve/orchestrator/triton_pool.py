@@ -34,7 +34,8 @@ def _tensor(name: str, array: np.ndarray, dtype: str) -> grpcclient.InferInput:
 def map_triton_error(exc: InferenceServerException, what: str) -> ServiceError:
     message = exc.message() or str(exc)
     if "must specify the START flag" in message:
-        return ServiceError(grpc.StatusCode.NOT_FOUND, f"{what}: expired (Triton dropped the idle session)")
+        return ServiceError(grpc.StatusCode.NOT_FOUND,
+                            f"{what}: closed or expired (Triton no longer holds this session)")
     for prefix, code in _CODE_PREFIXES.items():
         if message.startswith(prefix + ":"):
             return ServiceError(code, f"{what}: {message[len(prefix) + 1:].strip()}")
@@ -87,14 +88,14 @@ class Replica:
         return PromptResult(result.as_numpy("SCORES")[0], result.as_numpy("OBJECT_SCORE")[0], counts,
                             result.as_numpy("LOW_RES_LOGITS")[0] if want_logits else None)
 
-    def close_session(self, sequence_id: int) -> None:
-        """END the sequence; a session Triton already dropped is closed too."""
+    def close_session(self, sequence_id: int, missing_ok: bool = True) -> None:
+        """END the sequence; with `missing_ok`, one Triton already dropped counts as closed."""
         try:
             self.client.infer(SESSION_MODEL, [], sequence_id=sequence_id, sequence_end=True,
                               outputs=[grpcclient.InferRequestedOutput("IMAGE_SIZE")], client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             error = map_triton_error(exc, "image_id")
-            if error.code != grpc.StatusCode.NOT_FOUND:
+            if error.code != grpc.StatusCode.NOT_FOUND or not missing_ok:
                 raise error from exc
 
     def session_parameters(self) -> dict[str, str]:
@@ -139,6 +140,7 @@ class TritonPool:
         self._resolved_at = time.monotonic()
 
     def place(self) -> Replica:
+        """The least-loaded replica, claimed: the caller releases it when done (or the session ends)."""
         with self._lock:
             if self.settings.triton_headless and time.monotonic() - self._resolved_at > self.REFRESH_S:
                 self._refresh()
@@ -147,6 +149,14 @@ class TritonPool:
             replica = min(self._replicas.values(), key=lambda r: r.sessions)
             replica.sessions += 1
             return replica
+
+    def known(self, url: str) -> Replica | None:
+        with self._lock:
+            return self._replicas.get(url)
+
+    def claim(self, replica: Replica) -> None:
+        with self._lock:
+            replica.sessions += 1
 
     def release(self, replica: Replica) -> None:
         with self._lock:
