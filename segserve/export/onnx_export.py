@@ -63,11 +63,19 @@ class GraphSpec:
     atol: float = 1e-4
     rtol: float = 1e-3
     opset: int = DEFAULT_OPSET
+    # torch.export-based exporter: slower to export, but a leaner graph (the SAM 2 encoder runs
+    # faster in ONNX Runtime). Its example inputs must not use size 1 on a dynamic axis.
+    dynamo: bool = False
 
 
-def artifact_settings(settings: dict[str, Any], opset: int = DEFAULT_OPSET) -> dict[str, Any]:
+def artifact_settings(settings: dict[str, Any], opset: int = DEFAULT_OPSET, dynamo: bool = False) -> dict[str, Any]:
     """The settings a cached artifact must match: the caller's plus exporter facts."""
-    return {**settings, "opset": opset, "format": EXPORT_FORMAT_VERSION, "torch": torch.__version__}
+    return {**settings, "opset": opset, "exporter": "dynamo" if dynamo else "legacy",
+            "format": EXPORT_FORMAT_VERSION, "torch": torch.__version__}
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def ort_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
@@ -142,7 +150,7 @@ def export_artifact(
     force: bool = False,
 ) -> ArtifactRecord:
     """Export `spec` to `<manifest dir>/<name>.onnx` unless an identical build is cached."""
-    settings = artifact_settings(settings, spec.opset)
+    settings = artifact_settings(settings, spec.opset, spec.dynamo)
     if not force and (cached := manifest.reusable(spec.name, checkpoint_sha256, settings)):
         log(f"{spec.name}: reusing cached artifact {cached.file} (checkpoint and settings unchanged)")
         return cached
@@ -150,17 +158,21 @@ def export_artifact(
     manifest.directory.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".partial.onnx")
     spec.module.eval()
-    with Step(f"{spec.name}: exporting to ONNX (opset {spec.opset})"), torch.no_grad():
-        torch.onnx.export(
-            spec.module,
-            tuple(spec.example_inputs.values()),
-            str(tmp),
-            input_names=list(spec.example_inputs),
-            output_names=spec.output_names,
-            dynamic_axes=spec.dynamic_axes,
-            opset_version=spec.opset,
-            dynamo=False,
-        )
+    exporter = "dynamo" if spec.dynamo else "legacy"
+    with Step(f"{spec.name}: exporting to ONNX ({exporter} exporter, opset {spec.opset})"), torch.no_grad():
+        if spec.dynamo:
+            dims: dict[str, torch.export.Dim] = {}
+            dynamic_shapes = tuple(
+                {axis: dims.setdefault(name, torch.export.Dim(name)) for axis, name in spec.dynamic_axes.get(k, {}).items()}
+                for k in spec.example_inputs)
+            torch.onnx.export(spec.module, tuple(spec.example_inputs.values()), str(tmp),
+                              input_names=list(spec.example_inputs), output_names=spec.output_names,
+                              dynamic_shapes=dynamic_shapes, opset_version=max(spec.opset, 18), dynamo=True,
+                              external_data=False, optimize=True)
+        else:
+            torch.onnx.export(spec.module, tuple(spec.example_inputs.values()), str(tmp),
+                              input_names=list(spec.example_inputs), output_names=spec.output_names,
+                              dynamic_axes=spec.dynamic_axes, opset_version=spec.opset, dynamo=False)
     model = onnx.load(str(tmp))
     onnx.checker.check_model(model)
     with Step(f"{spec.name}: parity check against PyTorch"):
@@ -179,7 +191,7 @@ def export_artifact(
         checkpoint_sha256=checkpoint_sha256,
         random_weights=random_weights,
         settings=settings,
-        opset=spec.opset,
+        opset=default_opset(model),
         inputs=_signature(model.graph.input, spec.dynamic_axes, {}),
         outputs=_signature(model.graph.output, spec.dynamic_axes, parity.pop("example_shapes")),
         parity=parity,
