@@ -81,7 +81,7 @@ def normalize_caption(text, field: str = "text") -> str:
     if text is None:
         raise GroundingInputError(field, "is required")
     if isinstance(text, np.ndarray):
-        text = text.reshape(-1).tolist() if text.ndim else text.item()
+        text = text.item() if text.size == 1 else text.reshape(-1).tolist()
     pieces = list(text) if isinstance(text, (list, tuple)) else [text]
     if not pieces:
         raise GroundingInputError(field, "is empty")
