@@ -39,3 +39,17 @@ class RequestError(Exception):
 
     def __init__(self, code: str, message: str):
         super().__init__(f"{code}: {message}")
+
+
+def respond_each(requests, handle) -> list:
+    """One response per request: a refused or failing request gets an error response and the
+    others in the batch are still answered."""
+    responses = []
+    for request in requests:
+        try:
+            responses.append(handle(request))
+        except RequestError as exc:
+            responses.append(error_response(str(exc)))
+        except Exception as exc:  # one bad request must not take the others down
+            responses.append(error_response(f"INTERNAL: {type(exc).__name__}: {exc}"))
+    return responses

@@ -16,7 +16,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from segserve.common import rle, sam2_transforms
-from segserve.triton_models.common import RequestError, error_response, optional_input, parameters, repository_root, scalar
+from segserve.triton_models.common import RequestError, optional_input, parameters, repository_root, respond_each, scalar
 from segserve.triton_models.sam2_runner import BlsRunner, InProcessRunner
 
 
@@ -50,17 +50,10 @@ class TritonPythonModel:
 
     def execute(self, requests):
         self._evict_expired()
-        responses = []
+        responses = respond_each(requests, self._handle)
         for request in requests:
-            corrid = int(scalar(request, "CORRID"))
-            try:
-                responses.append(self._handle(request, corrid))
-            except RequestError as exc:
-                responses.append(error_response(str(exc)))
-            except Exception as exc:  # one bad request must not take the others down
-                responses.append(error_response(f"INTERNAL: {type(exc).__name__}: {exc}"))
             if scalar(request, "END"):
-                self.sessions.pop(corrid, None)
+                self.sessions.pop(int(scalar(request, "CORRID")), None)
         self.sessions_gauge.set(len(self.sessions))
         return responses
 
@@ -69,7 +62,8 @@ class TritonPythonModel:
         for corrid in [c for c, s in self.sessions.items() if now - s.last_used > self.ttl_s]:
             del self.sessions[corrid]
 
-    def _handle(self, request, corrid: int):
+    def _handle(self, request):
+        corrid = int(scalar(request, "CORRID"))
         image = optional_input(request, "IMAGE")
         if scalar(request, "START"):
             if image is None:
