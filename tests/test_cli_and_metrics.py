@@ -91,3 +91,34 @@ def test_launcher_reports_a_broken_repository(tmp_path):
     triton = EmbeddedTriton(repository, tmp_path / "ws", free_port(), free_port(), free_port())
     with pytest.raises(TritonLaunchError, match="exited|not ready"):
         triton.start(timeout_s=60)
+
+
+def test_serve_command_runs_the_stack_and_stops_cleanly(embedded_repository, photo, tmp_path):
+    import signal
+    import time
+
+    from segserve.client import SegservClient
+    from segserve.runtime.triton import free_port
+
+    ports = {name: free_port() for name in ("port", "metrics-port", "triton-grpc-port", "triton-http-port",
+                                            "triton-metrics-port")}
+    command = [sys.executable, "-m", "segserve.cli", "serve", "--repository", str(embedded_repository),
+               "--workspace", str(tmp_path / "ws"), *[f"--{k}={v}" for k, v in ports.items()]]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        ready = process.stdout.readline()
+        assert "segserve ready" in ready, ready + (process.stdout.read() if process.poll() is not None else "")
+        with SegservClient(f"127.0.0.1:{ports['port']}") as c:
+            assert c.healthy()
+            assert c.mask_from_prompt(image=photo, points=[(10, 10, 1)]).objects
+        assert "segserve_requests_total" in _metrics(f"http://127.0.0.1:{ports['metrics-port']}/metrics")
+    finally:
+        process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 60
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    from segserve.runtime.triton import port_is_free
+    assert port_is_free(ports["triton-grpc-port"]) and port_is_free(ports["port"])
