@@ -32,7 +32,7 @@ bench: setup
 	$(PY) benchmarks/sam2_image.py --out out/bench_sam2_image.json
 
 lint: setup
-	$(PY) -m compileall -q segserve benchmarks tests
+	$(VENV)/bin/ruff check segserve tests benchmarks loadtests
 
 clean:
 	rm -rf $(ARTIFACTS) model_repository/embedded model_repository/fleet out build .pytest_cache

@@ -90,7 +90,6 @@ def main() -> None:
     decode = lambda: decoder.run(["single_mask", "single_iou"], feeds)  # noqa: E731
     decode()
     inprocess_decoder = timed(decode, args.prompt_runs)
-    del encoder, decoder
 
     # --- segserve ----------------------------------------------------------------------------------
     with start_stack(repository, ROOT / "build" / "bench" / "triton") as stack, SegservClient(stack.address) as client:

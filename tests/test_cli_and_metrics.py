@@ -3,6 +3,7 @@ import subprocess
 import sys
 import urllib.request
 
+import grpc
 import numpy as np
 import pytest
 from PIL import Image
@@ -49,7 +50,7 @@ def test_orchestrator_metrics(stack, client, photo):
     assert 'segserve_request_latency_seconds_bucket{le="0.005",method="MaskFromPrompt"}' in text
     assert 'segserve_stage_latency_seconds_count{stage="decode_prompt"}' in text
     assert 'segserve_requests_total{code="OK",method="OpenImage"}' in text
-    with pytest.raises(Exception):
+    with pytest.raises(grpc.RpcError):
         client.mask_from_prompt(image_id="missing", points=[(1, 1)])
     text = _metrics(f"http://127.0.0.1:{stack.orchestrator.service.settings.metrics_port}/metrics")
     assert 'segserve_requests_total{code="NOT_FOUND",method="MaskFromPrompt"}' in text

@@ -15,7 +15,7 @@ def test_manifest_lists_every_artifact_with_provenance(sam2_artifacts):
     records = {r["name"]: r for r in manifest["artifacts"]}
     assert set(records) == {ENCODER, DECODER}
     checkpoint_sha = sha256_checkpoint(sam2_artifacts / "checkpoints" / "sam2-random-tiny")
-    for name, record in records.items():
+    for record in records.values():
         path = sam2_artifacts / record["file"]
         assert record["sha256"] == sha256_file(path)
         assert record["checkpoint_sha256"] == checkpoint_sha

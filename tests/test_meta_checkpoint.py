@@ -13,7 +13,6 @@ Install the reference (torch stays untouched; its predictors need torchvision, w
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -360,12 +359,13 @@ def test_pt_and_hf_checkpoints_export_the_same_graphs(official, converted, tmp_p
     from_hf = export_sam2(hf_dir, tmp_path / "from_hf")
     assert from_pt[ENCODER].random_weights is False and from_pt[ENCODER].checkpoint.endswith(".pt")
     pixels = np.random.default_rng(0).normal(size=(1, 3, 1024, 1024)).astype(np.float32)
-    feats = [ort_session(tmp_path / d / from_pt[ENCODER].file).run(None, {"pixel_values": pixels})
-             for d in ("from_pt", "from_hf")]
+    feats = [ort_session(tmp_path / d / records[ENCODER].file).run(None, {"pixel_values": pixels})
+             for d, records in (("from_pt", from_pt), ("from_hf", from_hf))]
     for a, b in zip(*feats):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
     case = {k: v.numpy() for k, v in _decoder_case(converted, prompts=2, points=3, with_mask=True, seed=7).items()}
     case.update(dict(zip(("high_res_feats_0", "high_res_feats_1", "image_embeddings"), feats[0])))
-    masks = [ort_session(tmp_path / d / from_pt[DECODER].file).run(None, case) for d in ("from_pt", "from_hf")]
+    masks = [ort_session(tmp_path / d / records[DECODER].file).run(None, case)
+             for d, records in (("from_pt", from_pt), ("from_hf", from_hf))]
     for a, b in zip(*masks):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)

@@ -19,6 +19,7 @@ from . import validation
 from .errors import ServiceError, invalid
 from .metrics import REQUEST_LATENCY, REQUESTS, STAGE_LATENCY
 from .segment import Segmenter
+from .text import TextPrompts
 from .sessions import ImageSessions
 from .settings import Settings
 from .triton_pool import TritonPool
@@ -92,6 +93,7 @@ class SegmentationService(pb_grpc.SegmentationServicer):
                                     settings.session_ttl_s)
         self._model_info: list[pb.ModelInfo] | None = None
         self.segmenter = Segmenter(self.pool)
+        self.text = TextPrompts(self.pool, _mask_message)
 
     def model_info(self) -> list[pb.ModelInfo]:
         if self._model_info is None:
@@ -123,6 +125,9 @@ class SegmentationService(pb_grpc.SegmentationServicer):
 
     @rpc
     def MaskFromPrompt(self, request, context):
+        if request.HasField("text"):  # Grounding DINO + SAM 2 in one Triton ensemble (text.py)
+            with stage("text_to_mask"):
+                return self.text.mask_from_prompt(request, self._decode)
         self.model_info()
         source = request.WhichOneof("source")
         if source is None:
@@ -155,8 +160,8 @@ class SegmentationService(pb_grpc.SegmentationServicer):
                                  for k, c in enumerate(counts))
                 if result.low_res_logits is not None:
                     obj.low_res_logits.extend(
-                        pb.LowResLogits(height=l.shape[0], width=l.shape[1], float32_data=l.astype("<f4").tobytes())
-                        for l in result.low_res_logits[p])
+                        pb.LowResLogits(height=m.shape[0], width=m.shape[1], float32_data=m.astype("<f4").tobytes())
+                        for m in result.low_res_logits[p])
                 objects.append(obj)
         return pb.MaskFromPromptResponse(image_id=session.image_id if not session.implicit else "",
                                          width=width, height=height, objects=objects,
@@ -168,6 +173,11 @@ class SegmentationService(pb_grpc.SegmentationServicer):
             raise invalid("image_id", "is required")
         self.images.close(request.image_id)
         return pb.CloseImageResponse()
+
+    @rpc
+    def Detect(self, request, context):
+        with stage("detect"):
+            return self.text.detect(request, self._decode)
 
     @rpc
     def Segment(self, request, context):
