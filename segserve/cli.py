@@ -1,4 +1,4 @@
-"""`segserve` command line: export, build-repo, triton, orchestrator, serve, segment."""
+"""`segserve` command line: export, build-repo, triton, orchestrator, serve, segment, panoptic."""
 from __future__ import annotations
 
 import argparse
@@ -101,8 +101,12 @@ def cmd_segment(args) -> None:
     from segserve.common.overlay import overlay
 
     data = args.image.read_bytes()
+    if args.text is not None:  # Grounding DINO + SAM 2: labelled objects
+        from segserve.demo_text import cli_segment_text
+
+        return cli_segment_text(args, data)
     if not args.point and not args.box:
-        sys.exit("segment: give at least one --point or --box")
+        sys.exit("segment: give at least one --point, --box or --text")
     with SegservClient(args.server) as client:
         try:
             result = client.mask_from_prompt(image=data, points=args.point, boxes=args.box, multimask=args.multimask)
@@ -120,6 +124,114 @@ def cmd_segment(args) -> None:
     summary = [{"object": i, "score": round(m.score, 4), "area": m.area, "bbox": m.bbox} for i, m in enumerate(best)]
     print(json.dumps({"width": result.width, "height": result.height, "random_weights": result.model.random_weights,
                       "objects": summary}))
+
+
+def cmd_panoptic(args) -> None:
+    import grpc
+    from PIL import Image
+
+    from segserve.client import SegservClient
+    from segserve.common.image import decode_image
+    from segserve.demo_panoptic import overlay_segmentation
+
+    data = args.image.read_bytes()
+    with SegservClient(args.server) as client:
+        try:
+            result = client.segment(data, task=args.task, threshold=args.threshold, mask_threshold=args.mask_threshold,
+                                    overlap_mask_area_threshold=args.overlap_mask_area_threshold,
+                                    label_ids_to_fuse=args.fuse)
+        except grpc.RpcError as exc:
+            sys.exit(f"panoptic failed: {exc.code().name}: {exc.details()}")
+    if args.out:
+        peak = int(result.segment_map.max()) if result.segment_map.size else 0
+        Image.fromarray(result.segment_map.astype(np.uint8 if peak <= 255 else np.uint16)).save(args.out)
+        print(f"segment map: {args.out}")
+    if args.overlay:
+        overlay_segmentation(decode_image(data), result).save(args.overlay)
+        print(f"overlay: {args.overlay}")
+    summary = [{"id": s.id, "label_id": s.label_id, "label": s.label_name, "score": round(s.score, 4),
+                "area": s.area, "bbox": s.bbox} for s in result.segments]
+    print(json.dumps({"task": result.task, "width": result.width, "height": result.height,
+                      "random_weights": result.model.random_weights, "segments": summary}))
+
+
+AUTOMASK_OPTIONS = (("points-per-side", int), ("points-per-batch", int), ("pred-iou-thresh", float),
+                    ("stability-score-thresh", float), ("stability-score-offset", float), ("box-nms-thresh", float),
+                    ("crop-n-layers", int), ("crop-nms-thresh", float), ("crop-overlap-ratio", float),
+                    ("crop-n-points-downscale-factor", int), ("min-mask-region-area", int), ("mask-threshold", float))
+
+
+def cmd_everything(args) -> None:
+    import grpc
+
+    from segserve.client import SegservClient
+    from segserve.common.image import decode_image
+    from segserve.demo_everything import overlay_masks
+
+    data = args.image.read_bytes()
+    parameters = {name.replace("-", "_"): getattr(args, name.replace("-", "_")) for name, _ in AUTOMASK_OPTIONS}
+    with SegservClient(args.server) as client:
+        try:
+            result = client.generate_masks(image=data, max_masks=args.max_masks, **parameters)
+        except grpc.RpcError as exc:
+            sys.exit(f"everything failed: {exc.code().name}: {exc.details()}")
+    if args.json:
+        args.json.write_text(json.dumps(result.coco_json()))
+        print(f"masks: {args.json}")
+    if args.overlay:
+        overlay_masks(decode_image(data), result).save(args.overlay)
+        print(f"overlay: {args.overlay}")
+    print(json.dumps({"width": result.width, "height": result.height, "masks": len(result.masks),
+                      "decoder_calls": result.decoder_calls, "truncated": result.truncated,
+                      "random_weights": result.model.random_weights}))
+
+
+def cmd_track(args) -> None:
+    import grpc
+
+    from segserve.client import SegservClient
+    from segserve.demo_video import save_overlays, track_frames
+
+    if args.frames:
+        from segserve.common.image import decode_image
+
+        files = sorted(p for p in args.frames.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"))
+        if not files:
+            sys.exit(f"track: no image files in {args.frames}")
+        frames = np.stack([decode_image(p.read_bytes(), p.name, 64_000_000, 64 << 20) for p in files])
+    else:
+        from segserve.common.synthetic_video import moving_shapes
+
+        frames, centres = moving_shapes(args.synthetic_frames, 120, 160)
+        if not args.point:
+            args.point = [[0, *centres[1][0]], [0, *centres[2][0]]]
+    if not args.point:
+        sys.exit("track: give at least one --point F,X,Y[,LABEL[,OBJECT]]")
+    prompt_frames = {int(p[0]) for p in args.point}
+    if len(prompt_frames) != 1:
+        sys.exit("track: put every --point on the same frame")
+    prompts: dict[int, dict] = {}
+    for i, p in enumerate(args.point):
+        label = int(p[3]) if len(p) > 3 else 1
+        obj = int(p[4]) if len(p) > 4 else i + 1
+        prompts.setdefault(obj, {"points": []})["points"].append((p[1], p[2], label))
+    frame = prompt_frames.pop()
+    with SegservClient(args.server) as client:
+        try:
+            summary, masks, timings = track_frames(client, frames, prompts, frame, reverse_too=True)
+        except grpc.RpcError as exc:
+            sys.exit(f"track failed: {exc.code().name}: {exc.details()}")
+    if args.out:
+        from PIL import Image
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        for index, objects in sorted(masks.items()):
+            for obj, mask in objects.items():
+                Image.fromarray(mask.astype(np.uint8) * 255).save(args.out / f"frame{index:04d}_object{obj}.png")
+        if args.overlay:
+            save_overlays(frames, masks, args.out)
+        print(f"masks: {args.out}")
+    print(json.dumps({**summary, **timings, "objects": sorted(prompts), "tracked_frames": len(masks)}))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -179,10 +291,48 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
                    type=lambda t: _floats(t, (4,), "--box"))
     p.add_argument("--multimask", action="store_true", help="ask for three candidates, keep the best")
+    p.add_argument("--text", help='text prompt, phrases separated by ".": "a cat. a remote control."')
+    p.add_argument("--box-threshold", type=float, help="--text: minimum box score (default: the server's)")
+    p.add_argument("--text-threshold", type=float, help="--text: minimum token score for a phrase")
+    p.add_argument("--max-objects", type=int, default=0, help="--text: at most this many objects (0: default)")
     p.add_argument("--out", type=Path, help="binary mask PNG")
     p.add_argument("--overlay", type=Path, help="overlay PNG")
     p.add_argument("--server", default="127.0.0.1:50051")
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("track", help="track objects through a video (a frames folder or a synthetic clip)")
+    p.add_argument("--frames", type=Path, help="folder of frame images (sorted by name); default: synthetic clip")
+    p.add_argument("--synthetic-frames", type=int, default=8, help="length of the synthetic clip")
+    p.add_argument("--point", action="append", default=[], metavar="F,X,Y[,LABEL[,OBJECT]]",
+                   type=lambda t: _floats(t, (3, 4, 5), "--point"),
+                   help="a click on frame F; several points without OBJECT are separate objects")
+    p.add_argument("--out", type=Path, help="folder for per-frame, per-object mask PNGs")
+    p.add_argument("--overlay", action="store_true", help="also write overlay PNGs into --out")
+    p.add_argument("--server", default="127.0.0.1:50051")
+    p.set_defaults(func=cmd_track)
+
+    p = sub.add_parser("panoptic", help="whole-image panoptic / semantic / instance segmentation (Mask2Former)")
+    p.add_argument("image", type=Path)
+    p.add_argument("--task", choices=("panoptic", "semantic", "instance"), default="panoptic")
+    p.add_argument("--threshold", type=float, help="minimum class probability / score (default: the model's)")
+    p.add_argument("--mask-threshold", type=float)
+    p.add_argument("--overlap-mask-area-threshold", type=float)
+    p.add_argument("--fuse", type=int, action="append", default=[], metavar="LABEL_ID",
+                   help="panoptic: merge all segments of this label into one (repeatable)")
+    p.add_argument("--overlay", type=Path, help="coloured, labelled overlay PNG")
+    p.add_argument("--out", type=Path, help="segment-id map PNG (0 = no segment)")
+    p.add_argument("--server", default="127.0.0.1:50051")
+    p.set_defaults(func=cmd_panoptic)
+
+    p = sub.add_parser("everything", help="segment everything: SAM automatic masks (COCO-style JSON, overlay)")
+    p.add_argument("image", type=Path)
+    for name, kind in AUTOMASK_OPTIONS:
+        p.add_argument(f"--{name}", type=kind, default=None, help="default: the server's")
+    p.add_argument("--max-masks", type=int, default=0, help="keep the best N by predicted IoU (0 = all)")
+    p.add_argument("--overlay", type=Path, help="overlay PNG")
+    p.add_argument("--json", type=Path, help="COCO-style JSON of the masks (RLE segmentations)")
+    p.add_argument("--server", default="127.0.0.1:50051")
+    p.set_defaults(func=cmd_everything)
     return root
 
 

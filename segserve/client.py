@@ -300,6 +300,15 @@ class SegservClient:
                 result.model, result.image_id = message.model, message.image_id
         return result
 
+    @property
+    def video(self):
+        """SAM 2 video tracking sessions (`segserve.video_client.VideoTrackingClient`)."""
+        if getattr(self, "_video", None) is None:
+            from segserve.video_client import VideoTrackingClient
+
+            self._video = VideoTrackingClient(self.channel, self.timeout_s)
+        return self._video
+
     def close_image(self, image_id: str) -> None:
         self.stub.CloseImage(pb.CloseImageRequest(image_id=image_id), timeout=self.timeout_s)
 

@@ -322,7 +322,11 @@ def _panoptic_item(mask_probs: np.ndarray, scores: np.ndarray, labels: np.ndarra
     info: list[dict[str, Any]] = []
     fused_segment: dict[int, dict[str, Any]] = {}
     for k in range(kept):
-        if won_area[k] == 0 or own_area[k] == 0 or not won_area[k] / own_area[k] > overlap_threshold:
+        if won_area[k] == 0 or own_area[k] == 0:
+            continue
+        # The ratio in float32, as torch divides two integer tensors: an exact tie such as
+        # 1220 / 1525 = 0.8 rounds up to 0.80000001 there and passes `> 0.8`.
+        if not float(np.float32(won_area[k]) / np.float32(own_area[k])) > overlap_threshold:
             continue
         label, score = int(labels[k]), round(float(scores[k]), 6)
         if label in fused_segment:

@@ -29,10 +29,26 @@ def _mask2former(checkpoint, out, expect_sha256, random_size, force):
     return export_mask2former(checkpoint, out, expect_sha256=expect_sha256, force=force, random_size=random_size)
 
 
+def _grounding_dino(checkpoint, out, expect_sha256, random_size, force):
+    from .grounding_dino import export_grounding_dino
+
+    return export_grounding_dino(checkpoint, out, expect_sha256=expect_sha256, force=force, random_size=random_size)
+
+
+def _sam2_video(checkpoint, out, expect_sha256, random_size, force):
+    from .sam2_video import export_sam2_video
+
+    return export_sam2_video(checkpoint, out, expect_sha256, random_size=random_size, force=force)
+
+
 FAMILIES: dict[str, Family] = {
     "sam2": Family("sam2", _sam2, {"tiny": "tiny", "real": "hiera-tiny"}, "SEGSERVE_SAM2_CHECKPOINT"),
+    "sam2_video": Family("sam2_video", _sam2_video, {"tiny": "tiny", "real": "hiera-tiny"},
+                         "SEGSERVE_SAM2_VIDEO_CHECKPOINT"),
     "mask2former": Family("mask2former", _mask2former, {"tiny": "tiny", "real": "swin-tiny"},
                           "SEGSERVE_MASK2FORMER_CHECKPOINT"),
+    "grounding_dino": Family("grounding_dino", _grounding_dino, {"tiny": "tiny", "real": "swin-tiny"},
+                             "SEGSERVE_GROUNDING_DINO_CHECKPOINT"),
 }
 
 

@@ -13,6 +13,8 @@ from prometheus_client import start_http_server
 
 from segserve.api import pb_grpc
 
+from .automask import add_to_server as add_automask_to_server
+from .video import add_to_server as add_video_to_server
 from .service import SegmentationService
 from .settings import Settings
 
@@ -36,6 +38,8 @@ class RunningOrchestrator:
     def stop(self, grace_s: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_s).wait()
+        if getattr(self.service, "video", None) is not None:
+            self.service.video.shutdown()
         self.service.shutdown()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
@@ -49,6 +53,8 @@ def start(settings: Settings, host: str = "0.0.0.0") -> RunningOrchestrator:
     )
     service = SegmentationService(settings)
     pb_grpc.add_SegmentationServicer_to_server(service, server)
+    add_automask_to_server(service, server)
+    service.video = add_video_to_server(service, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(f"{host}:{settings.grpc_port}")

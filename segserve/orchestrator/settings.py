@@ -17,6 +17,7 @@ class Settings:
     max_image_pixels: int = 64_000_000
     max_points: int = 64
     max_boxes: int = 32
+    max_automask_points: int = 16384  # GenerateMasks: grid points over all crops, per request
     max_image_sessions: int = 64  # explicit OpenImage sessions, per orchestrator
     embedding_cache_size: int = 16  # implicit sessions for images sent as bytes
     session_ttl_s: float = 600.0  # replaced by the TTL in Triton's session-model config once read

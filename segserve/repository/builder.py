@@ -45,7 +45,23 @@ def _tensor_proto(tensor: Tensor, message_type):
     return message
 
 
+def _render_ensemble(spec: ModelSpec) -> mc.ModelConfig:
+    """The same in both targets: Triton's ensemble scheduler routes tensors between the steps."""
+    config = mc.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size, platform="ensemble")
+    config.input.extend(_tensor_proto(t, mc.ModelInput) for t in spec.inputs)
+    config.output.extend(_tensor_proto(t, mc.ModelOutput) for t in spec.outputs)
+    for step in spec.ensemble:
+        message = config.ensemble_scheduling.step.add(model_name=step.model, model_version=-1)
+        message.input_map.update(step.inputs)
+        message.output_map.update(step.outputs)
+    for key, value in spec.parameters.items():
+        config.parameters[key].string_value = value
+    return config
+
+
 def render_config(spec: ModelSpec, target: str, graph_backend: str = "onnxruntime") -> mc.ModelConfig:
+    if spec.ensemble:
+        return _render_ensemble(spec)
     config = mc.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
     if spec.graph and target == "fleet":
         if graph_backend == "tensorrt":
@@ -58,6 +74,8 @@ def render_config(spec: ModelSpec, target: str, graph_backend: str = "onnxruntim
         kind = mc.ModelInstanceGroup.KIND_CPU if target == "embedded" or spec.graph else mc.ModelInstanceGroup.KIND_MODEL
     config.input.extend(_tensor_proto(t, mc.ModelInput) for t in spec.inputs)
     config.output.extend(_tensor_proto(t, mc.ModelOutput) for t in spec.outputs)
+    if spec.instance_kind:
+        kind = mc.ModelInstanceGroup.Kind.Value(f"KIND_{spec.instance_kind}")
     config.instance_group.add(count=spec.instances, kind=kind)
     if spec.dynamic_batching:
         config.dynamic_batching.max_queue_delay_microseconds = spec.max_queue_delay_us
@@ -112,9 +130,13 @@ def _copy_runtime_package(version_dir: Path) -> None:
         shutil.copytree(PACKAGE_ROOT / sub, dest / sub, ignore=ignore)
 
 
-def model_specs(manifest: Manifest, session_ttl_s: float = 600.0, max_sessions: int = 64) -> list[ModelSpec]:
-    """The models of every family whose key artifact was exported."""
-    options = {"session_ttl_s": session_ttl_s, "max_sessions": max_sessions}
+def model_specs(manifest: Manifest, session_ttl_s: float = 600.0, max_sessions: int = 64,
+                options: dict | None = None) -> list[ModelSpec]:
+    """The models of every family whose key artifact was exported. `options` go to every family's
+    description (e.g. `batching=False`: graphs that honour it run one request per execution)."""
+    options = {**(options or {}), "session_ttl_s": session_ttl_s, "max_sessions": max_sessions}
+    # Every exported artifact's model config, for families that use another family's graphs.
+    options.setdefault("artifacts", {n: r.model_config for n, r in manifest.records.items()})
     specs: list[ModelSpec] = []
     for key_artifact, describe in FAMILY_MODELS.items():
         if key_artifact in manifest.records:
@@ -149,12 +171,18 @@ def model_info(manifest: Manifest) -> str:
 
 
 def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph_backend: str = "onnxruntime",
-                     session_ttl_s: float = 600.0, max_sessions: int = 64, session_runner: str | None = None) -> list[str]:
-    """`session_runner="bls"` on the embedded target runs the fleet's BLS code path on CPU."""
+                     session_ttl_s: float = 600.0, max_sessions: int = 64, session_runner: str | None = None,
+                     batching: bool = True, intra_op_threads: int | None = None,
+                     options: dict | None = None) -> list[str]:
+    """`session_runner="bls"` on the embedded target runs the fleet's BLS code path on CPU.
+    `batching=False` turns dynamic batching off for the graphs that honour it (Mask2Former), the
+    baseline of the batching benchmark. `intra_op_threads` caps ONNX Runtime's threads per graph in
+    the embedded target (default: all cores), e.g. for benchmarks on a shared machine."""
     if target not in TARGETS:
         raise RepositoryError(f"unknown target {target!r}; choose one of {TARGETS}")
     manifest = Manifest(Path(artifacts))
-    specs = model_specs(manifest, session_ttl_s, max_sessions)
+    # `options`: family-specific settings, e.g. the video tracker's caps (`max_video_sessions`, ...).
+    specs = model_specs(manifest, session_ttl_s, max_sessions, {**(options or {}), "batching": batching})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     info = model_info(manifest)
@@ -163,12 +191,16 @@ def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph
         shutil.rmtree(model_dir, ignore_errors=True)
         version_dir = model_dir / "1"
         version_dir.mkdir(parents=True)
+        if spec.graph and target == "embedded" and intra_op_threads:
+            spec.parameters["intra_op_threads"] = str(int(intra_op_threads))
         if spec.python_module:
             spec.parameters["model_info"] = info
             if session_runner and "runner" in spec.parameters:
                 spec.parameters["runner"] = session_runner
         config = render_config(spec, target, graph_backend)
         (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+        if spec.ensemble:
+            continue  # an ensemble has only its (empty) version folder
         if spec.graph:
             artifact = manifest.artifact_path(spec.graph)
             if target == "fleet" and graph_backend == "tensorrt":
@@ -182,6 +214,11 @@ def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph
                 (version_dir / "model.py").write_text(_MODEL_PY.format(module="onnx_model"))
         else:
             (version_dir / "model.py").write_text(_MODEL_PY.format(module=spec.python_module))
+            for folder in getattr(spec, "artifact_files", ()):
+                source = manifest.directory / folder
+                if not source.is_dir():
+                    raise RepositoryError(f"model {spec.name} needs {source}, missing from the artifacts")
+                shutil.copytree(source, version_dir / Path(folder).name)
             if target == "fleet":
                 _copy_runtime_package(version_dir)
     (out / "repository.json").write_text(json.dumps(
@@ -237,4 +274,72 @@ def validate_repository(root: Path) -> dict[str, mc.ModelConfig]:
         for step in config.ensemble_scheduling.step:
             if step.model_name not in configs:
                 raise RepositoryError(f"{name}: ensemble step uses missing model {step.model_name}")
+        if config.platform == "ensemble":
+            _validate_ensemble(root, config, configs)
     return configs
+
+
+def _compatible(a: list[int], b: list[int]) -> bool:
+    return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b))
+
+
+def _full_shape(config: mc.ModelConfig, tensor) -> list[int]:
+    """A tensor's shape with the batch dimension, as the ensemble scheduler passes it on."""
+    return ([-1] if config.max_batch_size > 0 else []) + list(tensor.dims)
+
+
+def _validate_ensemble(root: Path, config: mc.ModelConfig, configs: dict[str, mc.ModelConfig]) -> None:
+    """What Triton checks when it loads an ensemble, checked without a server: every step maps
+    existing tensors of its model, every tensor a step reads is an ensemble input or an earlier
+    step's output (no cycles), types and shapes agree, every ensemble output is produced once,
+    and composing models batch at least as much as the ensemble."""
+    name = config.name
+    steps = config.ensemble_scheduling.step
+    if not steps:
+        raise RepositoryError(f"{name}: ensemble without steps")
+    if not (root / name / "1").is_dir():
+        raise RepositoryError(f"{name}: version folder 1/ missing")
+    # ensemble tensor -> (data type, full shape)
+    available = {t.name: (t.data_type, _full_shape(config, t)) for t in config.input}
+    produced_by: dict[str, str] = {}
+    pending = list(steps)
+    while pending:
+        ready = [s for s in pending if all(v in available for v in s.input_map.values())]
+        if not ready:
+            missing = sorted({v for s in pending for v in s.input_map.values() if v not in available})
+            raise RepositoryError(f"{name}: ensemble tensors {missing} are never produced (or produced in a cycle)")
+        for step in ready:
+            pending.remove(step)
+            model = configs[step.model_name]
+            where = f"{name}: step {step.model_name}"
+            if config.max_batch_size > 0 and model.max_batch_size < config.max_batch_size:
+                raise RepositoryError(f"{where}: max_batch_size {model.max_batch_size} is below the ensemble's "
+                                      f"{config.max_batch_size}")
+            model_inputs = {t.name: t for t in model.input}
+            for key, tensor in step.input_map.items():
+                if key not in model_inputs:
+                    raise RepositoryError(f"{where}: input_map names unknown input {key}")
+                data_type, dims = available[tensor]
+                wanted = _full_shape(model, model_inputs[key])
+                if data_type != model_inputs[key].data_type or not _compatible(dims, wanted):
+                    raise RepositoryError(f"{where}: input {key} {mc.DataType.Name(model_inputs[key].data_type)} "
+                                          f"{wanted} cannot take ensemble tensor {tensor} "
+                                          f"{mc.DataType.Name(data_type)} {dims}")
+            unmapped = [t.name for t in model.input if not t.optional and t.name not in step.input_map]
+            if unmapped:
+                raise RepositoryError(f"{where}: required inputs {unmapped} are not mapped")
+            model_outputs = {t.name: t for t in model.output}
+            for key, tensor in step.output_map.items():
+                if key not in model_outputs:
+                    raise RepositoryError(f"{where}: output_map names unknown output {key}")
+                if tensor in available:
+                    raise RepositoryError(f"{where}: ensemble tensor {tensor} is produced twice")
+                available[tensor] = (model_outputs[key].data_type, _full_shape(model, model_outputs[key]))
+                produced_by[tensor] = step.model_name
+    for output in config.output:
+        if output.name not in produced_by:
+            raise RepositoryError(f"{name}: ensemble output {output.name} is not produced by any step")
+        data_type, dims = available[output.name]
+        if data_type != output.data_type or not _compatible(dims, _full_shape(config, output)):
+            raise RepositoryError(f"{name}: ensemble output {output.name} does not match what "
+                                  f"{produced_by[output.name]} produces")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esegserve/v1/segmentation.proto\x12\x0bsegserve.v1\",\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\r\n\x05label\x18\x03 \x01(\x05\"5\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x02\x12\n\n\x02y0\x18\x02 \x01(\x02\x12\n\n\x02x1\x18\x03 \x01(\x02\x12\n\n\x02y1\x18\x04 \x01(\x02\"C\n\x0cLowResLogits\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x14\n\x0c\x66loat32_data\x18\x03 \x01(\x0c\"#\n\x03Rle\x12\x0c\n\x04size\x18\x01 \x03(\x05\x12\x0e\n\x06\x63ounts\x18\x02 \x01(\t\"\xde\x01\n\tModelInfo\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12\x19\n\x11\x63heckpoint_sha256\x18\x03 \x01(\t\x12\x16\n\x0erandom_weights\x18\x04 \x01(\x08\x12\x43\n\x0f\x61rtifact_sha256\x18\x05 \x03(\x0b\x32*.segserve.v1.ModelInfo.ArtifactSha256Entry\x1a\x35\n\x13\x41rtifactSha256Entry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"!\n\x10OpenImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\"{\n\x11OpenImageResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\x12%\n\x05model\x18\x05 \x01(\x0b\x32\x16.segserve.v1.ModelInfo\"\xa1\x02\n\x15MaskFromPromptRequest\x12\x12\n\x08image_id\x18\x01 \x01(\tH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x12\"\n\x06points\x18\x03 \x03(\x0b\x32\x12.segserve.v1.Point\x12\x1f\n\x05\x62oxes\x18\x04 \x03(\x0b\x32\x10.segserve.v1.Box\x12-\n\nmask_input\x18\x05 \x01(\x0b\x32\x19.segserve.v1.LowResLogits\x12\x18\n\x10multimask_output\x18\x06 \x01(\x08\x12,\n\x0bmask_format\x18\x07 \x01(\x0e\x32\x17.segserve.v1.MaskFormat\x12\x1d\n\x15return_low_res_logits\x18\x08 \x01(\x08\x42\x08\n\x06source\"]\n\x04Mask\x12\x1d\n\x03rle\x18\x01 \x01(\x0b\x32\x10.segserve.v1.Rle\x12\x0b\n\x03png\x18\x02 \x01(\x0c\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04\x61rea\x18\x04 \x01(\x03\x12\x0c\n\x04\x62\x62ox\x18\x05 \x03(\x02\"x\n\x0bObjectMasks\x12 \n\x05masks\x18\x01 \x03(\x0b\x32\x11.segserve.v1.Mask\x12\x14\n\x0cobject_score\x18\x02 \x01(\x02\x12\x31\n\x0elow_res_logits\x18\x03 \x03(\x0b\x32\x19.segserve.v1.LowResLogits\"\xab\x01\n\x16MaskFromPromptResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12)\n\x07objects\x18\x04 \x03(\x0b\x32\x18.segserve.v1.ObjectMasks\x12%\n\x05model\x18\x05 \x01(\x0b\x32\x16.segserve.v1.ModelInfo\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\"%\n\x11\x43loseImageRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\"\x14\n\x12\x43loseImageResponse\"\x15\n\x13GetModelInfoRequest\"V\n\x14GetModelInfoResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.segserve.v1.ModelInfo\x12\x16\n\x0etriton_version\x18\x02 \x01(\t*S\n\nMaskFormat\x12\x13\n\x0fMASK_FORMAT_RLE\x10\x00\x12\x13\n\x0fMASK_FORMAT_PNG\x10\x01\x12\x1b\n\x17MASK_FORMAT_RLE_AND_PNG\x10\x02\x32\xd9\x02\n\x0cSegmentation\x12J\n\tOpenImage\x12\x1d.segserve.v1.OpenImageRequest\x1a\x1e.segserve.v1.OpenImageResponse\x12Y\n\x0eMaskFromPrompt\x12\".segserve.v1.MaskFromPromptRequest\x1a#.segserve.v1.MaskFromPromptResponse\x12M\n\nCloseImage\x12\x1e.segserve.v1.CloseImageRequest\x1a\x1f.segserve.v1.CloseImageResponse\x12S\n\x0cGetModelInfo\x12 .segserve.v1.GetModelInfoRequest\x1a!.segserve.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esegserve/v1/segmentation.proto\x12\x0bsegserve.v1\",\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\r\n\x05label\x18\x03 \x01(\x05\"5\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x02\x12\n\n\x02y0\x18\x02 \x01(\x02\x12\n\n\x02x1\x18\x03 \x01(\x02\x12\n\n\x02y1\x18\x04 \x01(\x02\"C\n\x0cLowResLogits\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x14\n\x0c\x66loat32_data\x18\x03 \x01(\x0c\"#\n\x03Rle\x12\x0c\n\x04size\x18\x01 \x03(\x05\x12\x0e\n\x06\x63ounts\x18\x02 \x01(\t\"\xde\x01\n\tModelInfo\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12\x19\n\x11\x63heckpoint_sha256\x18\x03 \x01(\t\x12\x16\n\x0erandom_weights\x18\x04 \x01(\x08\x12\x43\n\x0f\x61rtifact_sha256\x18\x05 \x03(\x0b\x32*.segserve.v1.ModelInfo.ArtifactSha256Entry\x1a\x35\n\x13\x41rtifactSha256Entry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"!\n\x10OpenImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\"{\n\x11OpenImageResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\x12%\n\x05model\x18\x05 \x01(\x0b\x32\x16.segserve.v1.ModelInfo\"\xe6\x03\n\x15MaskFromPromptRequest\x12\x12\n\x08image_id\x18\x01 \x01(\tH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x12\"\n\x06points\x18\x03 \x03(\x0b\x32\x12.segserve.v1.Point\x12\x1f\n\x05\x62oxes\x18\x04 \x03(\x0b\x32\x10.segserve.v1.Box\x12-\n\nmask_input\x18\x05 \x01(\x0b\x32\x19.segserve.v1.LowResLogits\x12\x18\n\x10multimask_output\x18\x06 \x01(\x08\x12,\n\x0bmask_format\x18\x07 \x01(\x0e\x32\x17.segserve.v1.MaskFormat\x12\x1d\n\x15return_low_res_logits\x18\x08 \x01(\x08\x12\x11\n\x04text\x18\t \x01(\tH\x01\x88\x01\x01\x12\x1a\n\rbox_threshold\x18\n \x01(\x02H\x02\x88\x01\x01\x12\x1b\n\x0etext_threshold\x18\x0b \x01(\x02H\x03\x88\x01\x01\x12\x13\n\x0bmax_objects\x18\x0c \x01(\x05\x12\x1e\n\x11nms_iou_threshold\x18\r \x01(\x02H\x04\x88\x01\x01\x42\x08\n\x06sourceB\x07\n\x05_textB\x10\n\x0e_box_thresholdB\x11\n\x0f_text_thresholdB\x14\n\x12_nms_iou_threshold\"]\n\x04Mask\x12\x1d\n\x03rle\x18\x01 \x01(\x0b\x32\x10.segserve.v1.Rle\x12\x0b\n\x03png\x18\x02 \x01(\x0c\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04\x61rea\x18\x04 \x01(\x03\x12\x0c\n\x04\x62\x62ox\x18\x05 \x03(\x02\"\xc0\x01\n\x0bObjectMasks\x12 \n\x05masks\x18\x01 \x03(\x0b\x32\x11.segserve.v1.Mask\x12\x14\n\x0cobject_score\x18\x02 \x01(\x02\x12\x31\n\x0elow_res_logits\x18\x03 \x03(\x0b\x32\x19.segserve.v1.LowResLogits\x12\x0e\n\x06phrase\x18\x04 \x01(\t\x12\x17\n\x0f\x64\x65tection_score\x18\x05 \x01(\x02\x12\x1d\n\x03\x62ox\x18\x06 \x01(\x0b\x32\x10.segserve.v1.Box\"\xab\x01\n\x16MaskFromPromptResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12)\n\x07objects\x18\x04 \x03(\x0b\x32\x18.segserve.v1.ObjectMasks\x12%\n\x05model\x18\x05 \x01(\x0b\x32\x16.segserve.v1.ModelInfo\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\"%\n\x11\x43loseImageRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\"\x14\n\x12\x43loseImageResponse\"\x15\n\x13GetModelInfoRequest\"V\n\x14GetModelInfoResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.segserve.v1.ModelInfo\x12\x16\n\x0etriton_version\x18\x02 \x01(\t\"\xb9\x02\n\x0eSegmentRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12&\n\x04task\x18\x02 \x01(\x0e\x32\x18.segserve.v1.SegmentTask\x12\x16\n\tthreshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x1b\n\x0emask_threshold\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12(\n\x1boverlap_mask_area_threshold\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x19\n\x11label_ids_to_fuse\x18\x06 \x03(\x05\x12\x35\n\x10label_map_format\x18\x07 \x01(\x0e\x32\x1b.segserve.v1.LabelMapFormatB\x0c\n\n_thresholdB\x11\n\x0f_mask_thresholdB\x1e\n\x1c_overlap_mask_area_threshold\"_\n\x08LabelMap\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0b\n\x03png\x18\x03 \x01(\x0c\x12\x12\n\nrun_values\x18\x04 \x03(\x05\x12\x13\n\x0brun_lengths\x18\x05 \x03(\x05\"\x9e\x01\n\x0cImageSegment\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x10\n\x08label_id\x18\x02 \x01(\x05\x12\x12\n\nlabel_name\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0c\n\x04\x61rea\x18\x05 \x01(\x03\x12\x0c\n\x04\x62\x62ox\x18\x06 \x03(\x02\x12\x1e\n\x04mask\x18\x07 \x01(\x0b\x32\x10.segserve.v1.Rle\x12\x11\n\twas_fused\x18\x08 \x01(\x08\"\xd6\x01\n\x0fSegmentResponse\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12&\n\x04task\x18\x03 \x01(\x0e\x32\x18.segserve.v1.SegmentTask\x12(\n\tlabel_map\x18\x04 \x01(\x0b\x32\x15.segserve.v1.LabelMap\x12+\n\x08segments\x18\x05 \x03(\x0b\x32\x19.segserve.v1.ImageSegment\x12%\n\x05model\x18\x06 \x01(\x0b\x32\x16.segserve.v1.ModelInfo\"\xd5\x01\n\rDetectRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x1a\n\rbox_threshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x1b\n\x0etext_threshold\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x13\n\x0bmax_objects\x18\x05 \x01(\x05\x12\x1e\n\x11nms_iou_threshold\x18\x06 \x01(\x02H\x02\x88\x01\x01\x42\x10\n\x0e_box_thresholdB\x11\n\x0f_text_thresholdB\x14\n\x12_nms_iou_threshold\"I\n\tDetection\x12\x0e\n\x06phrase\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x1d\n\x03\x62ox\x18\x03 \x01(\x0b\x32\x10.segserve.v1.Box\"\x82\x01\n\x0e\x44\x65tectResponse\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12*\n\ndetections\x18\x03 \x03(\x0b\x32\x16.segserve.v1.Detection\x12%\n\x05model\x18\x04 \x01(\x0b\x32\x16.segserve.v1.ModelInfo*S\n\nMaskFormat\x12\x13\n\x0fMASK_FORMAT_RLE\x10\x00\x12\x13\n\x0fMASK_FORMAT_PNG\x10\x01\x12\x1b\n\x17MASK_FORMAT_RLE_AND_PNG\x10\x02*|\n\x0bSegmentTask\x12\x1c\n\x18SEGMENT_TASK_UNSPECIFIED\x10\x00\x12\x19\n\x15SEGMENT_TASK_PANOPTIC\x10\x01\x12\x19\n\x15SEGMENT_TASK_SEMANTIC\x10\x02\x12\x19\n\x15SEGMENT_TASK_INSTANCE\x10\x03*_\n\x0eLabelMapFormat\x12\x18\n\x14LABEL_MAP_FORMAT_PNG\x10\x00\x12\x18\n\x14LABEL_MAP_FORMAT_RLE\x10\x01\x12\x19\n\x15LABEL_MAP_FORMAT_NONE\x10\x02\x32\xe2\x03\n\x0cSegmentation\x12J\n\tOpenImage\x12\x1d.segserve.v1.OpenImageRequest\x1a\x1e.segserve.v1.OpenImageResponse\x12Y\n\x0eMaskFromPrompt\x12\".segserve.v1.MaskFromPromptRequest\x1a#.segserve.v1.MaskFromPromptResponse\x12M\n\nCloseImage\x12\x1e.segserve.v1.CloseImageRequest\x1a\x1f.segserve.v1.CloseImageResponse\x12S\n\x0cGetModelInfo\x12 .segserve.v1.GetModelInfoRequest\x1a!.segserve.v1.GetModelInfoResponse\x12\x44\n\x07Segment\x12\x1b.segserve.v1.SegmentRequest\x1a\x1c.segserve.v1.SegmentResponse\x12\x41\n\x06\x44\x65tect\x12\x1a.segserve.v1.DetectRequest\x1a\x1b.segserve.v1.DetectResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO_ARTIFACTSHA256ENTRY']._loaded_options = None
   _globals['_MODELINFO_ARTIFACTSHA256ENTRY']._serialized_options = b'8\001'
-  _globals['_MASKFORMAT']._serialized_start=1494
-  _globals['_MASKFORMAT']._serialized_end=1577
+  _globals['_MASKFORMAT']._serialized_start=2979
+  _globals['_MASKFORMAT']._serialized_end=3062
+  _globals['_SEGMENTTASK']._serialized_start=3064
+  _globals['_SEGMENTTASK']._serialized_end=3188
+  _globals['_LABELMAPFORMAT']._serialized_start=3190
+  _globals['_LABELMAPFORMAT']._serialized_end=3285
   _globals['_POINT']._serialized_start=47
   _globals['_POINT']._serialized_end=91
   _globals['_BOX']._serialized_start=93
@@ -52,21 +56,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPENIMAGERESPONSE']._serialized_start=514
   _globals['_OPENIMAGERESPONSE']._serialized_end=637
   _globals['_MASKFROMPROMPTREQUEST']._serialized_start=640
-  _globals['_MASKFROMPROMPTREQUEST']._serialized_end=929
-  _globals['_MASK']._serialized_start=931
-  _globals['_MASK']._serialized_end=1024
-  _globals['_OBJECTMASKS']._serialized_start=1026
-  _globals['_OBJECTMASKS']._serialized_end=1146
-  _globals['_MASKFROMPROMPTRESPONSE']._serialized_start=1149
-  _globals['_MASKFROMPROMPTRESPONSE']._serialized_end=1320
-  _globals['_CLOSEIMAGEREQUEST']._serialized_start=1322
-  _globals['_CLOSEIMAGEREQUEST']._serialized_end=1359
-  _globals['_CLOSEIMAGERESPONSE']._serialized_start=1361
-  _globals['_CLOSEIMAGERESPONSE']._serialized_end=1381
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1383
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1404
-  _globals['_GETMODELINFORESPONSE']._serialized_start=1406
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1492
-  _globals['_SEGMENTATION']._serialized_start=1580
-  _globals['_SEGMENTATION']._serialized_end=1925
+  _globals['_MASKFROMPROMPTREQUEST']._serialized_end=1126
+  _globals['_MASK']._serialized_start=1128
+  _globals['_MASK']._serialized_end=1221
+  _globals['_OBJECTMASKS']._serialized_start=1224
+  _globals['_OBJECTMASKS']._serialized_end=1416
+  _globals['_MASKFROMPROMPTRESPONSE']._serialized_start=1419
+  _globals['_MASKFROMPROMPTRESPONSE']._serialized_end=1590
+  _globals['_CLOSEIMAGEREQUEST']._serialized_start=1592
+  _globals['_CLOSEIMAGEREQUEST']._serialized_end=1629
+  _globals['_CLOSEIMAGERESPONSE']._serialized_start=1631
+  _globals['_CLOSEIMAGERESPONSE']._serialized_end=1651
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1653
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1674
+  _globals['_GETMODELINFORESPONSE']._serialized_start=1676
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1762
+  _globals['_SEGMENTREQUEST']._serialized_start=1765
+  _globals['_SEGMENTREQUEST']._serialized_end=2078
+  _globals['_LABELMAP']._serialized_start=2080
+  _globals['_LABELMAP']._serialized_end=2175
+  _globals['_IMAGESEGMENT']._serialized_start=2178
+  _globals['_IMAGESEGMENT']._serialized_end=2336
+  _globals['_SEGMENTRESPONSE']._serialized_start=2339
+  _globals['_SEGMENTRESPONSE']._serialized_end=2553
+  _globals['_DETECTREQUEST']._serialized_start=2556
+  _globals['_DETECTREQUEST']._serialized_end=2769
+  _globals['_DETECTION']._serialized_start=2771
+  _globals['_DETECTION']._serialized_end=2844
+  _globals['_DETECTRESPONSE']._serialized_start=2847
+  _globals['_DETECTRESPONSE']._serialized_end=2977
+  _globals['_SEGMENTATION']._serialized_start=3288
+  _globals['_SEGMENTATION']._serialized_end=3770
 # @@protoc_insertion_point(module_scope)

@@ -12,9 +12,29 @@ class MaskFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MASK_FORMAT_RLE: _ClassVar[MaskFormat]
     MASK_FORMAT_PNG: _ClassVar[MaskFormat]
     MASK_FORMAT_RLE_AND_PNG: _ClassVar[MaskFormat]
+
+class SegmentTask(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEGMENT_TASK_UNSPECIFIED: _ClassVar[SegmentTask]
+    SEGMENT_TASK_PANOPTIC: _ClassVar[SegmentTask]
+    SEGMENT_TASK_SEMANTIC: _ClassVar[SegmentTask]
+    SEGMENT_TASK_INSTANCE: _ClassVar[SegmentTask]
+
+class LabelMapFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LABEL_MAP_FORMAT_PNG: _ClassVar[LabelMapFormat]
+    LABEL_MAP_FORMAT_RLE: _ClassVar[LabelMapFormat]
+    LABEL_MAP_FORMAT_NONE: _ClassVar[LabelMapFormat]
 MASK_FORMAT_RLE: MaskFormat
 MASK_FORMAT_PNG: MaskFormat
 MASK_FORMAT_RLE_AND_PNG: MaskFormat
+SEGMENT_TASK_UNSPECIFIED: SegmentTask
+SEGMENT_TASK_PANOPTIC: SegmentTask
+SEGMENT_TASK_SEMANTIC: SegmentTask
+SEGMENT_TASK_INSTANCE: SegmentTask
+LABEL_MAP_FORMAT_PNG: LabelMapFormat
+LABEL_MAP_FORMAT_RLE: LabelMapFormat
+LABEL_MAP_FORMAT_NONE: LabelMapFormat
 
 class Point(_message.Message):
     __slots__ = ("x", "y", "label")
@@ -98,7 +118,7 @@ class OpenImageResponse(_message.Message):
     def __init__(self, image_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., cached: bool = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
 
 class MaskFromPromptRequest(_message.Message):
-    __slots__ = ("image_id", "image", "points", "boxes", "mask_input", "multimask_output", "mask_format", "return_low_res_logits")
+    __slots__ = ("image_id", "image", "points", "boxes", "mask_input", "multimask_output", "mask_format", "return_low_res_logits", "text", "box_threshold", "text_threshold", "max_objects", "nms_iou_threshold")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +127,11 @@ class MaskFromPromptRequest(_message.Message):
     MULTIMASK_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     MASK_FORMAT_FIELD_NUMBER: _ClassVar[int]
     RETURN_LOW_RES_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    BOX_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TEXT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MAX_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    NMS_IOU_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     image_id: str
     image: bytes
     points: _containers.RepeatedCompositeFieldContainer[Point]
@@ -115,7 +140,12 @@ class MaskFromPromptRequest(_message.Message):
     multimask_output: bool
     mask_format: MaskFormat
     return_low_res_logits: bool
-    def __init__(self, image_id: _Optional[str] = ..., image: _Optional[bytes] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., mask_input: _Optional[_Union[LowResLogits, _Mapping]] = ..., multimask_output: bool = ..., mask_format: _Optional[_Union[MaskFormat, str]] = ..., return_low_res_logits: bool = ...) -> None: ...
+    text: str
+    box_threshold: float
+    text_threshold: float
+    max_objects: int
+    nms_iou_threshold: float
+    def __init__(self, image_id: _Optional[str] = ..., image: _Optional[bytes] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., mask_input: _Optional[_Union[LowResLogits, _Mapping]] = ..., multimask_output: bool = ..., mask_format: _Optional[_Union[MaskFormat, str]] = ..., return_low_res_logits: bool = ..., text: _Optional[str] = ..., box_threshold: _Optional[float] = ..., text_threshold: _Optional[float] = ..., max_objects: _Optional[int] = ..., nms_iou_threshold: _Optional[float] = ...) -> None: ...
 
 class Mask(_message.Message):
     __slots__ = ("rle", "png", "score", "area", "bbox")
@@ -132,14 +162,20 @@ class Mask(_message.Message):
     def __init__(self, rle: _Optional[_Union[Rle, _Mapping]] = ..., png: _Optional[bytes] = ..., score: _Optional[float] = ..., area: _Optional[int] = ..., bbox: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ObjectMasks(_message.Message):
-    __slots__ = ("masks", "object_score", "low_res_logits")
+    __slots__ = ("masks", "object_score", "low_res_logits", "phrase", "detection_score", "box")
     MASKS_FIELD_NUMBER: _ClassVar[int]
     OBJECT_SCORE_FIELD_NUMBER: _ClassVar[int]
     LOW_RES_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    PHRASE_FIELD_NUMBER: _ClassVar[int]
+    DETECTION_SCORE_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
     masks: _containers.RepeatedCompositeFieldContainer[Mask]
     object_score: float
     low_res_logits: _containers.RepeatedCompositeFieldContainer[LowResLogits]
-    def __init__(self, masks: _Optional[_Iterable[_Union[Mask, _Mapping]]] = ..., object_score: _Optional[float] = ..., low_res_logits: _Optional[_Iterable[_Union[LowResLogits, _Mapping]]] = ...) -> None: ...
+    phrase: str
+    detection_score: float
+    box: Box
+    def __init__(self, masks: _Optional[_Iterable[_Union[Mask, _Mapping]]] = ..., object_score: _Optional[float] = ..., low_res_logits: _Optional[_Iterable[_Union[LowResLogits, _Mapping]]] = ..., phrase: _Optional[str] = ..., detection_score: _Optional[float] = ..., box: _Optional[_Union[Box, _Mapping]] = ...) -> None: ...
 
 class MaskFromPromptResponse(_message.Message):
     __slots__ = ("image_id", "width", "height", "objects", "model", "cached")
@@ -178,3 +214,109 @@ class GetModelInfoResponse(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     triton_version: str
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., triton_version: _Optional[str] = ...) -> None: ...
+
+class SegmentRequest(_message.Message):
+    __slots__ = ("image", "task", "threshold", "mask_threshold", "overlap_mask_area_threshold", "label_ids_to_fuse", "label_map_format")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MASK_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_MASK_AREA_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    LABEL_IDS_TO_FUSE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_MAP_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    task: SegmentTask
+    threshold: float
+    mask_threshold: float
+    overlap_mask_area_threshold: float
+    label_ids_to_fuse: _containers.RepeatedScalarFieldContainer[int]
+    label_map_format: LabelMapFormat
+    def __init__(self, image: _Optional[bytes] = ..., task: _Optional[_Union[SegmentTask, str]] = ..., threshold: _Optional[float] = ..., mask_threshold: _Optional[float] = ..., overlap_mask_area_threshold: _Optional[float] = ..., label_ids_to_fuse: _Optional[_Iterable[int]] = ..., label_map_format: _Optional[_Union[LabelMapFormat, str]] = ...) -> None: ...
+
+class LabelMap(_message.Message):
+    __slots__ = ("height", "width", "png", "run_values", "run_lengths")
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    PNG_FIELD_NUMBER: _ClassVar[int]
+    RUN_VALUES_FIELD_NUMBER: _ClassVar[int]
+    RUN_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    height: int
+    width: int
+    png: bytes
+    run_values: _containers.RepeatedScalarFieldContainer[int]
+    run_lengths: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., png: _Optional[bytes] = ..., run_values: _Optional[_Iterable[int]] = ..., run_lengths: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ImageSegment(_message.Message):
+    __slots__ = ("id", "label_id", "label_name", "score", "area", "bbox", "mask", "was_fused")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    AREA_FIELD_NUMBER: _ClassVar[int]
+    BBOX_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    WAS_FUSED_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    label_id: int
+    label_name: str
+    score: float
+    area: int
+    bbox: _containers.RepeatedScalarFieldContainer[float]
+    mask: Rle
+    was_fused: bool
+    def __init__(self, id: _Optional[int] = ..., label_id: _Optional[int] = ..., label_name: _Optional[str] = ..., score: _Optional[float] = ..., area: _Optional[int] = ..., bbox: _Optional[_Iterable[float]] = ..., mask: _Optional[_Union[Rle, _Mapping]] = ..., was_fused: bool = ...) -> None: ...
+
+class SegmentResponse(_message.Message):
+    __slots__ = ("width", "height", "task", "label_map", "segments", "model")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    LABEL_MAP_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    task: SegmentTask
+    label_map: LabelMap
+    segments: _containers.RepeatedCompositeFieldContainer[ImageSegment]
+    model: ModelInfo
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., task: _Optional[_Union[SegmentTask, str]] = ..., label_map: _Optional[_Union[LabelMap, _Mapping]] = ..., segments: _Optional[_Iterable[_Union[ImageSegment, _Mapping]]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
+
+class DetectRequest(_message.Message):
+    __slots__ = ("image", "text", "box_threshold", "text_threshold", "max_objects", "nms_iou_threshold")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    BOX_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TEXT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MAX_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    NMS_IOU_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    text: str
+    box_threshold: float
+    text_threshold: float
+    max_objects: int
+    nms_iou_threshold: float
+    def __init__(self, image: _Optional[bytes] = ..., text: _Optional[str] = ..., box_threshold: _Optional[float] = ..., text_threshold: _Optional[float] = ..., max_objects: _Optional[int] = ..., nms_iou_threshold: _Optional[float] = ...) -> None: ...
+
+class Detection(_message.Message):
+    __slots__ = ("phrase", "score", "box")
+    PHRASE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    phrase: str
+    score: float
+    box: Box
+    def __init__(self, phrase: _Optional[str] = ..., score: _Optional[float] = ..., box: _Optional[_Union[Box, _Mapping]] = ...) -> None: ...
+
+class DetectResponse(_message.Message):
+    __slots__ = ("width", "height", "detections", "model")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DETECTIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    detections: _containers.RepeatedCompositeFieldContainer[Detection]
+    model: ModelInfo
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...

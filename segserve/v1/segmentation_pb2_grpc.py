@@ -54,6 +54,16 @@ class SegmentationStub(object):
                 request_serializer=segserve_dot_v1_dot_segmentation__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=segserve_dot_v1_dot_segmentation__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.Segment = channel.unary_unary(
+                '/segserve.v1.Segmentation/Segment',
+                request_serializer=segserve_dot_v1_dot_segmentation__pb2.SegmentRequest.SerializeToString,
+                response_deserializer=segserve_dot_v1_dot_segmentation__pb2.SegmentResponse.FromString,
+                _registered_method=True)
+        self.Detect = channel.unary_unary(
+                '/segserve.v1.Segmentation/Detect',
+                request_serializer=segserve_dot_v1_dot_segmentation__pb2.DetectRequest.SerializeToString,
+                response_deserializer=segserve_dot_v1_dot_segmentation__pb2.DetectResponse.FromString,
+                _registered_method=True)
 
 
 class SegmentationServicer(object):
@@ -86,6 +96,22 @@ class SegmentationServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Segment(self, request, context):
+        """Panoptic, semantic or instance segmentation of a whole image (Mask2Former). UNIMPLEMENTED when
+        the server's model repository has no Mask2Former.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Detect(self, request, context):
+        """Text-prompted boxes (Grounding DINO) without masks. UNIMPLEMENTED when the server's model
+        repository has no Grounding DINO. MaskFromPrompt with `text` adds a SAM 2 mask per box.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SegmentationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +134,16 @@ def add_SegmentationServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=segserve_dot_v1_dot_segmentation__pb2.GetModelInfoRequest.FromString,
                     response_serializer=segserve_dot_v1_dot_segmentation__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'Segment': grpc.unary_unary_rpc_method_handler(
+                    servicer.Segment,
+                    request_deserializer=segserve_dot_v1_dot_segmentation__pb2.SegmentRequest.FromString,
+                    response_serializer=segserve_dot_v1_dot_segmentation__pb2.SegmentResponse.SerializeToString,
+            ),
+            'Detect': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detect,
+                    request_deserializer=segserve_dot_v1_dot_segmentation__pb2.DetectRequest.FromString,
+                    response_serializer=segserve_dot_v1_dot_segmentation__pb2.DetectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +254,60 @@ class Segmentation(object):
             '/segserve.v1.Segmentation/GetModelInfo',
             segserve_dot_v1_dot_segmentation__pb2.GetModelInfoRequest.SerializeToString,
             segserve_dot_v1_dot_segmentation__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Segment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segserve.v1.Segmentation/Segment',
+            segserve_dot_v1_dot_segmentation__pb2.SegmentRequest.SerializeToString,
+            segserve_dot_v1_dot_segmentation__pb2.SegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segserve.v1.Segmentation/Detect',
+            segserve_dot_v1_dot_segmentation__pb2.DetectRequest.SerializeToString,
+            segserve_dot_v1_dot_segmentation__pb2.DetectResponse.FromString,
             options,
             channel_credentials,
             insecure,

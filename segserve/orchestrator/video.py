@@ -1,0 +1,477 @@
+"""The `segserve.v1.VideoTracking` servicer: SAM 2 video sessions on the `sam2_video_tracker`
+Triton model.
+
+A session is a Triton sequence on one replica (random 63-bit sequence id); frames travel once, in
+the START request and later FRAMES requests; prompts carry only points, and every propagation step
+is one small request answered with RLE masks, so steps of many sessions batch together in Triton
+(Oldest strategy). Requests of one session are serialised by a per-session lock. Triton's silent
+drop of an idle sequence surfaces as NOT_FOUND ("expired"), as do ended and unknown sessions.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from segserve.api import load as load_api
+from segserve.api import pb
+from segserve.common import sam2_transforms
+from segserve.common.image import ImageError, decode_image
+from segserve.triton_models.sam2_video_core import propagation_order
+
+from .errors import ServiceError, exhausted, invalid, not_found
+from .metrics import OPEN_SESSIONS, REQUEST_LATENCY, REQUESTS
+from .triton_pool import Replica, map_triton_error
+
+vpb, vpb_grpc = load_api("video")
+log = logging.getLogger("segserve.orchestrator.video")
+
+TRACKER_MODEL = "sam2_video_tracker"
+OP_FRAMES, OP_PROMPT, OP_STEP, OP_REMOVE, OP_INFO, OP_START_FRAME = range(6)
+PAD_LABEL = -10
+MAX_POINTS_PER_OBJECT = 64
+MAX_OBJECTS_PER_REQUEST = 64
+
+
+def _tensor(name: str, array: np.ndarray, dtype: str) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, list(array.shape), dtype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def _observe(name: str, start: float, code: grpc.StatusCode) -> None:
+    REQUEST_LATENCY.labels(method=name).observe(time.perf_counter() - start)
+    REQUESTS.labels(method=name, code=code.name).inc()
+
+
+def unary(method):
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        start, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            return method(self, request, context)
+        except ServiceError as exc:
+            code = exc.code
+            context.abort(exc.code, exc.message)
+        except Exception as exc:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s failed", method.__name__)
+            context.abort(code, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            _observe(method.__name__, start, code)
+
+    return wrapper
+
+
+def streaming(method):
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        start, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            yield from method(self, request, context)
+        except ServiceError as exc:
+            code = exc.code
+            context.abort(exc.code, exc.message)
+        except Exception as exc:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s failed", method.__name__)
+            context.abort(code, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            _observe(method.__name__, start, code)
+
+    return wrapper
+
+
+@dataclass
+class TrackResult:
+    frame_index: int
+    object_ids: list[int]
+    object_scores: np.ndarray
+    rle_counts: list[str]
+
+
+@dataclass
+class VideoSession:
+    session_id: str
+    sequence_id: int
+    replica: Replica
+    height: int = 0
+    width: int = 0
+    num_frames: int = 0
+    object_ids: list[int] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class Tracker:
+    """Calls to the tracker model of one replica."""
+
+    def __init__(self, replica: Replica):
+        self.replica = replica
+
+    def call(self, session: VideoSession, op: int, inputs: list, outputs: list[str], start: bool = False,
+             end: bool = False, what: str = "session_id"):
+        inputs = [_tensor("OP", np.array([[op]], np.int32), "INT32"), *inputs]
+        try:
+            result = self.replica.client.infer(
+                TRACKER_MODEL, inputs, sequence_id=session.sequence_id, sequence_start=start, sequence_end=end,
+                outputs=[grpcclient.InferRequestedOutput(n) for n in outputs], client_timeout=self.replica.timeout_s)
+        except InferenceServerException as exc:
+            raise map_triton_error(exc, what) from exc
+        session.num_frames = int(result.as_numpy("NUM_FRAMES").reshape(-1)[0]) if "NUM_FRAMES" in outputs else session.num_frames
+        if "OUT_OBJ_IDS" in outputs:
+            session.object_ids = [int(i) for i in result.as_numpy("OUT_OBJ_IDS").reshape(-1)]
+        return result
+
+    def frames(self, session: VideoSession, frames: np.ndarray, start: bool) -> None:
+        self.call(session, OP_FRAMES, [_tensor("FRAMES", frames[None], "UINT8")], ["NUM_FRAMES", "FRAME_SIZE", "OUT_OBJ_IDS"],
+                  start=start, what="frames")
+
+    def track(self, session: VideoSession, op: int, inputs: list) -> TrackResult:
+        result = self.call(session, op, inputs, ["NUM_FRAMES", "OUT_OBJ_IDS", "OUT_FRAME_INDEX", "OBJECT_SCORES", "MASKS_RLE"])
+        return TrackResult(int(result.as_numpy("OUT_FRAME_INDEX").reshape(-1)[0]),
+                           [int(i) for i in result.as_numpy("OUT_OBJ_IDS").reshape(-1)],
+                           result.as_numpy("OBJECT_SCORES").reshape(-1),
+                           [c.decode() for c in result.as_numpy("MASKS_RLE").reshape(-1)])
+
+    def end(self, session: VideoSession) -> None:
+        try:
+            self.call(session, OP_INFO, [], ["NUM_FRAMES"], end=True)
+        except ServiceError as exc:
+            if exc.code != grpc.StatusCode.NOT_FOUND:
+                raise
+
+
+class VideoService(vpb_grpc.VideoTrackingServicer):
+    def __init__(self, service):
+        self.service = service  # the SegmentationService: pool, settings, image decoding
+        self.pool = service.pool
+        self.settings = service.settings
+        self._lock = threading.Lock()
+        self._sessions: dict[str, VideoSession] = {}
+        self._ended: dict[str, None] = {}
+        self._params: dict[str, str] | None = None
+
+    # ---- configuration from the tracker model ------------------------------------------
+    def params(self) -> dict[str, str]:
+        if self._params is None:
+            replica = self.pool.any()
+            try:
+                config = replica.client.get_model_config(TRACKER_MODEL, as_json=True)["config"]
+            except InferenceServerException as exc:
+                if "unknown model" in (exc.message() or "").lower() or "not found" in (exc.message() or "").lower():
+                    raise ServiceError(grpc.StatusCode.UNIMPLEMENTED,
+                                       "this server's model repository has no SAM 2 video tracker") from exc
+                raise map_triton_error(exc, "model") from exc
+            self._params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        return self._params
+
+    @property
+    def ttl_s(self) -> float:
+        return float(self.params().get("session_ttl_s", "600"))
+
+    @property
+    def image_size(self) -> int:
+        return int(self.params()["image_size"])
+
+    def model_info(self) -> pb.ModelInfo:
+        params = self.params()
+        config = json.loads(params.get("video_config", "{}"))
+        info = json.loads(params.get("model_info") or "{}")
+        message = pb.ModelInfo(family="sam2_video", checkpoint=str(config.get("checkpoint", "")),
+                               random_weights=bool(config.get("random_weights", False)))
+        for name, entry in sorted(info.items()):
+            if name.startswith("sam2_video_"):
+                message.checkpoint_sha256 = entry["checkpoint_sha256"]
+                message.artifact_sha256[name] = entry["sha256"]
+        return message
+
+    # ---- session registry ------------------------------------------------------------------
+    def _gauge(self) -> None:
+        OPEN_SESSIONS.labels(kind="video").set(len(self._sessions))
+
+    def _expire_locked(self) -> None:
+        now = time.monotonic()
+        for session in [s for s in self._sessions.values() if now - s.last_used > self.ttl_s]:
+            self._drop_locked(session)
+
+    def _drop_locked(self, session: VideoSession) -> None:
+        if self._sessions.pop(session.session_id, None) is not None:
+            self.pool.release(session.replica)
+        self._ended[session.session_id] = None
+        while len(self._ended) > 4096:
+            self._ended.pop(next(iter(self._ended)))
+        self._gauge()
+
+    def _get(self, session_id: str) -> VideoSession:
+        if not session_id:
+            raise invalid("session_id", "is required")
+        with self._lock:
+            self._expire_locked()
+            session = self._sessions.get(session_id)
+            if session is None:
+                state = "ended or expired" if session_id in self._ended else "unknown"
+                raise not_found("session_id", f"{session_id!r} is not open ({state})")
+            session.last_used = time.monotonic()
+            return session
+
+    def _forget_if_gone(self, session: VideoSession, exc: ServiceError) -> None:
+        if exc.code == grpc.StatusCode.NOT_FOUND and "Triton no longer holds" in exc.message:
+            with self._lock:
+                self._drop_locked(session)
+
+    def _place(self) -> VideoSession:
+        max_per_replica = int(self.params().get("max_sessions", "16"))
+        with self._lock:
+            self._expire_locked()
+            replica = self.pool.place()
+            held = sum(1 for s in self._sessions.values() if s.replica is replica)
+            if held >= max_per_replica:
+                self.pool.release(replica)
+                raise exhausted("session", f"{held} video sessions are open on every replica, the limit is "
+                                           f"{max_per_replica}; end some with EndSession")
+            session = VideoSession("vs-" + secrets.token_urlsafe(12), secrets.randbelow(2**63 - 1) + 1, replica)
+            self._sessions[session.session_id] = session  # reserved; removed again if START fails
+            self._gauge()
+            return session
+
+    # ---- frames ----------------------------------------------------------------------------
+    def _decode_frames(self, message, first_index: int, expected_hw: tuple[int, int] | None) -> np.ndarray:
+        frames = []
+        for i, frame in enumerate(message.frames):
+            where = f"frames[{first_index + i}]"
+            kind = frame.WhichOneof("data")
+            if kind == "image":
+                try:
+                    rgb = decode_image(frame.image, where, self.settings.max_image_pixels, self.settings.max_image_bytes)
+                except ImageError as exc:
+                    code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.too_large else grpc.StatusCode.INVALID_ARGUMENT
+                    raise ServiceError(code, str(exc)) from exc
+            elif kind == "raw":
+                raw = frame.raw
+                if raw.width <= 0 or raw.height <= 0 or len(raw.rgb) != raw.width * raw.height * 3:
+                    raise invalid(where, f"raw frame needs width*height*3 = {max(raw.width, 0) * max(raw.height, 0) * 3} "
+                                         f"bytes, got {len(raw.rgb)}")
+                if raw.width * raw.height > self.settings.max_image_pixels:
+                    raise exhausted(where, f"{raw.width}x{raw.height} is over {self.settings.max_image_pixels} pixels")
+                rgb = np.frombuffer(raw.rgb, np.uint8).reshape(raw.height, raw.width, 3)
+            else:
+                raise invalid(where, "set image (encoded bytes) or raw")
+            hw = expected_hw or (frames[0].shape[:2] if frames else rgb.shape[:2])
+            if rgb.shape[:2] != tuple(hw):
+                raise invalid(where, f"size {rgb.shape[1]}x{rgb.shape[0]} differs from the video's {hw[1]}x{hw[0]}")
+            frames.append(rgb)
+        return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
+
+    def _receive_frames(self, session: VideoSession, messages, started: bool) -> None:
+        tracker = Tracker(session.replica)
+        for message in messages:
+            if not message.frames:
+                continue
+            hw = (session.height, session.width) if started else None
+            frames = self._decode_frames(message, session.num_frames, hw)
+            tracker.frames(session, frames, start=not started)
+            if not started:
+                session.height, session.width = frames.shape[1:3]
+                started = True
+        if not started:
+            raise invalid("frames", "send at least one frame")
+
+    def _info(self, session: VideoSession, idle: bool = False) -> "vpb.VideoSessionInfo":
+        return vpb.VideoSessionInfo(session_id=session.session_id, num_frames=session.num_frames, width=session.width,
+                                    height=session.height, object_ids=session.object_ids,
+                                    idle_seconds=time.monotonic() - session.last_used if idle else 0.0,
+                                    model=self.model_info())
+
+    # ---- RPCs ------------------------------------------------------------------------------
+    @unary
+    def StartVideoSession(self, request_iterator, context):
+        session = self._place()
+        with session.lock:
+            try:
+                self._receive_frames(session, request_iterator, started=False)
+            except BaseException:
+                with self._lock:
+                    self._drop_locked(session)
+                if session.num_frames:
+                    try:
+                        Tracker(session.replica).end(session)
+                    except Exception:  # freed at its TTL anyway
+                        pass
+                raise
+            return self._info(session)
+
+    @unary
+    def AddFrames(self, request_iterator, context):
+        first = next(request_iterator, None)
+        if first is None:
+            raise invalid("session_id", "is required")
+        session = self._get(first.session_id)
+
+        def messages():
+            yield first
+            for message in request_iterator:
+                if message.session_id and message.session_id != first.session_id:
+                    raise invalid("session_id", "one AddFrames stream serves one session")
+                yield message
+
+        with session.lock:
+            try:
+                self._receive_frames(session, messages(), started=True)
+            except ServiceError as exc:
+                self._forget_if_gone(session, exc)
+                raise
+            return self._info(session)
+
+    def _object_prompt(self, obj, index: int, session: VideoSession) -> tuple[np.ndarray, np.ndarray]:
+        where = f"objects[{index}]"
+        width, height = session.width, session.height
+        coords, labels = [], []
+        if obj.HasField("box"):
+            b = obj.box
+            values = [b.x0, b.y0, b.x1, b.y1]
+            if not all(math.isfinite(v) for v in values):
+                raise invalid(f"{where}.box", "must be finite numbers")
+            if b.x1 < b.x0 or b.y1 < b.y0:
+                raise invalid(f"{where}.box", "needs x0 <= x1 and y0 <= y1")
+            coords += [(b.x0, b.y0), (b.x1, b.y1)]
+            labels += [2, 3]
+        if len(obj.points) > MAX_POINTS_PER_OBJECT:
+            raise exhausted(f"{where}.points", f"at most {MAX_POINTS_PER_OBJECT} points per object")
+        for j, p in enumerate(obj.points):
+            if not (math.isfinite(p.x) and math.isfinite(p.y)):
+                raise invalid(f"{where}.points[{j}]", "must be finite numbers")
+            if not (0 <= p.x <= width and 0 <= p.y <= height):
+                raise invalid(f"{where}.points[{j}]", f"({p.x}, {p.y}) is outside the {width}x{height} frame")
+            if p.label not in (0, 1):
+                raise invalid(f"{where}.points[{j}].label", "must be 1 (foreground) or 0 (background)")
+            coords.append((p.x, p.y))
+            labels.append(p.label)
+        if not coords:
+            raise invalid(where, "give points or a box")
+        model = sam2_transforms.to_model_coords(np.array(coords, np.float32), (height, width), self.image_size)
+        return model, np.array(labels, np.int32)
+
+    @unary
+    def AddPrompts(self, request, context):
+        session = self._get(request.session_id)
+        if not request.objects:
+            raise invalid("objects", "give at least one object")
+        if len(request.objects) > MAX_OBJECTS_PER_REQUEST:
+            raise exhausted("objects", f"at most {MAX_OBJECTS_PER_REQUEST} objects per request")
+        ids = [o.object_id for o in request.objects]
+        if len(set(ids)) != len(ids):
+            raise invalid("objects", "each object_id at most once per request")
+        if not 0 <= request.frame_index < session.num_frames:
+            raise invalid("frame_index", f"{request.frame_index} is out of range: the session has {session.num_frames} frames")
+        prompts = [self._object_prompt(o, i, session) for i, o in enumerate(request.objects)]
+        longest = max(len(obj_labels) for _, obj_labels in prompts)
+        coords = np.zeros((len(prompts), longest, 2), np.float32)
+        labels = np.full((len(prompts), longest), PAD_LABEL, np.int32)
+        for i, (obj_coords, obj_labels) in enumerate(prompts):
+            coords[i, :len(obj_labels)], labels[i, :len(obj_labels)] = obj_coords, obj_labels
+        inputs = [_tensor("FRAME_INDEX", np.array([[request.frame_index]], np.int32), "INT32"),
+                  _tensor("OBJ_IDS", np.array([ids], np.int64), "INT64"),
+                  _tensor("POINT_COORDS", coords[None], "FP32"), _tensor("POINT_LABELS", labels[None], "INT32")]
+        with session.lock:
+            try:
+                result = Tracker(session.replica).track(session, OP_PROMPT, inputs)
+            except ServiceError as exc:
+                self._forget_if_gone(session, exc)
+                raise
+        return self._frame_message(session, result, request.mask_format)
+
+    def _frame_message(self, session: VideoSession, result: TrackResult, mask_format: int) -> "vpb.FrameMasks":
+        from .service import _mask_message
+
+        message = vpb.FrameMasks(frame_index=result.frame_index)
+        for obj_id, score, counts in zip(result.object_ids, result.object_scores, result.rle_counts):
+            message.objects.append(vpb.ObjectMask(object_id=obj_id, object_score=float(score),
+                                                  mask=_mask_message(counts, session.height, session.width,
+                                                                     0.0, mask_format)))
+        return message
+
+    @streaming
+    def Propagate(self, request, context):
+        session = self._get(request.session_id)
+        if request.HasField("max_frames") and request.max_frames < 1:
+            raise invalid("max_frames", "must be at least 1")
+        with session.lock:
+            tracker = Tracker(session.replica)
+            try:
+                if request.HasField("start_frame_index"):
+                    start = request.start_frame_index
+                    if not 0 <= start < session.num_frames:
+                        raise invalid("start_frame_index", f"{start} is out of range: the session has "
+                                                           f"{session.num_frames} frames")
+                else:
+                    result = tracker.call(session, OP_START_FRAME, [], ["NUM_FRAMES", "OUT_FRAME_INDEX"])
+                    start = int(result.as_numpy("OUT_FRAME_INDEX").reshape(-1)[0])
+                order = propagation_order(start, session.num_frames, request.reverse,
+                                          request.max_frames if request.HasField("max_frames") else None)
+                for frame_index in order:
+                    if not context.is_active():
+                        return
+                    inputs = [_tensor("FRAME_INDEX", np.array([[frame_index]], np.int32), "INT32"),
+                              _tensor("REVERSE", np.array([[request.reverse]], bool), "BOOL")]
+                    result = tracker.track(session, OP_STEP, inputs)
+                    session.last_used = time.monotonic()
+                    yield self._frame_message(session, result, request.mask_format)
+            except ServiceError as exc:
+                self._forget_if_gone(session, exc)
+                raise
+
+    @unary
+    def RemoveObject(self, request, context):
+        session = self._get(request.session_id)
+        with session.lock:
+            try:
+                Tracker(session.replica).call(session, OP_REMOVE, [_tensor("OBJ_IDS", np.array([[request.object_id]], np.int64), "INT64")],
+                                              ["NUM_FRAMES", "OUT_OBJ_IDS"], what="object_id")
+            except ServiceError as exc:
+                self._forget_if_gone(session, exc)
+                raise
+            return self._info(session)
+
+    @unary
+    def EndSession(self, request, context):
+        session = self._get(request.session_id)
+        with self._lock:
+            self._drop_locked(session)
+        with session.lock:
+            Tracker(session.replica).end(session)
+        return vpb.EndSessionResponse()
+
+    @unary
+    def ListSessions(self, request, context):
+        with self._lock:
+            self._expire_locked()
+            sessions = list(self._sessions.values())
+        return vpb.ListSessionsResponse(sessions=[self._info(s, idle=True) for s in sessions if s.num_frames])
+
+    def shutdown(self) -> None:
+        with self._lock:
+            sessions = list(self._sessions.values())
+            for session in sessions:
+                self._drop_locked(session)
+        for session in sessions:
+            try:
+                Tracker(session.replica).end(session)
+            except Exception:
+                pass
+
+
+def add_to_server(service, server) -> VideoService:
+    video = VideoService(service)
+    vpb_grpc.add_VideoTrackingServicer_to_server(video, server)
+    return video

@@ -1,0 +1,48 @@
+"""Step of the `text_to_mask` / `grounding_detect` ensembles: TEXT (one UTF-8 caption) ->
+Grounding DINO's input_ids / attention_mask / token_type_ids [1, T], with the checkpoint's own
+tokenizer (shipped in this model's version folder by the builder). A caption that is empty,
+whitespace only, not UTF-8 or over 256 tokens is refused with an `INVALID_ARGUMENT:` message that
+names the field `text`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from segserve.common.grounding import CaptionTokenizer, GroundingInputError
+from segserve.triton_models.common import RequestError, error_response, parameters
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = parameters(args)
+        folder = Path(args["model_repository"]) / args["model_version"] / params["tokenizer_dir"]
+        self.tokenizer = CaptionTokenizer(folder, int(params.get("max_text_len", "256")))
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._handle(request))
+            except RequestError as exc:
+                responses.append(error_response(str(exc)))
+            except Exception as exc:  # one bad request must not take the others down
+                responses.append(error_response(f"INTERNAL: {type(exc).__name__}: {exc}"))
+        return responses
+
+    def _handle(self, request):
+        text = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
+        if text.size != 1:
+            raise RequestError("INVALID_ARGUMENT", f"text: expected one caption, got {text.size}")
+        value = text[0]
+        try:
+            encoded = self.tokenizer.encode(value if isinstance(value, (bytes, np.bytes_)) else str(value), "text")
+        except GroundingInputError as exc:
+            raise RequestError("INVALID_ARGUMENT", str(exc)) from None
+        return pb_utils.InferenceResponse([
+            pb_utils.Tensor("INPUT_IDS", encoded.input_ids[None]),
+            pb_utils.Tensor("ATTENTION_MASK", encoded.attention_mask[None]),
+            pb_utils.Tensor("TOKEN_TYPE_IDS", encoded.token_type_ids[None]),
+        ])

@@ -1,0 +1,367 @@
+"""SAM 2 video tracking state and step, in numpy + ONNX Runtime (no torch, no Triton).
+
+This is transformers' `Sam2VideoModel.forward` / `propagate_in_video_iterator` with its
+`Sam2VideoInferenceSession` state, rewritten over the four exported graphs
+(`segserve/export/sam2_video.py`), rule for rule:
+
+- an object's output on a frame is a *conditioning* output when the frame got prompts before the
+  object was tracked on it, else a non-conditioning one (a correction on an already tracked frame
+  is stored as non-conditioning, as transformers does);
+- memory for a non-initial frame: the conditioning outputs (all, or the `max_cond_frame_num`
+  temporally closest: the closest before, the closest after, then by distance), at temporal index 0,
+  plus the non-conditioning outputs of the `num_maskmem - 1` previous frames (following frames when
+  tracking backwards) at temporal index 1..num_maskmem-1 (an unselected conditioning output stands
+  in for a missing one);
+- object pointers: every conditioning output not in the future (in tracking direction), with its
+  signed temporal distance, then the non-conditioning outputs of up to
+  `min(num_frames, max_object_pointers_in_encoder) - 1` previous frames; distances are normalised
+  by that count minus one before the sine encoding;
+- multimask output on initial conditioning frames (and on tracked frames when
+  `multimask_output_for_tracking`) when the click count is within [min, max];
+- memory is encoded for every object computed on the frame in one batch, binarising the masks when
+  any of them came from clicks, and stored in bfloat16 precision.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segserve.common import sam2_transforms
+
+GRAPH_NAMES = ("sam2_video_image_encoder", "sam2_video_memory_attention", "sam2_video_decoder",
+               "sam2_video_memory_encoder")
+
+
+def propagation_order(start: int, num_frames: int, reverse: bool, max_frames: int | None = None) -> list[int]:
+    """Frames `propagate_in_video_iterator` visits from `start` (inclusive)."""
+    max_frames = num_frames if max_frames is None else max_frames
+    if reverse:
+        end = max(start - max_frames, 0)
+        return list(range(start, end - 1, -1)) if start > 0 else []
+    end = min(start + max_frames, num_frames - 1)
+    return list(range(start, end + 1))
+
+
+class TrackerError(Exception):
+    """A refused request; `code` is the gRPC status name the orchestrator reports."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def bfloat16_round(x: np.ndarray) -> np.ndarray:
+    """float32 -> nearest bfloat16 (ties to even), returned as float32, as torch's `.to(bfloat16)`."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    return rounded.view(np.float32)
+
+
+@dataclass
+class FrameOutput:
+    pred_masks: np.ndarray | None  # [1, 1, L, L] low-res logits (kept for conditioning outputs only)
+    object_pointer: np.ndarray  # [1, C]
+    object_score: np.ndarray  # [1, 1]
+    maskmem_features: np.ndarray | None = None  # [mem, h, w], bfloat16 values
+    maskmem_pos: np.ndarray | None = None  # [mem, h, w]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.pred_masks, self.object_pointer, self.maskmem_features) if a is not None)
+
+
+@dataclass
+class TrackedObject:
+    obj_id: int
+    points: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # frame -> coords [N,2], labels [N]
+    cond: dict[int, FrameOutput] = field(default_factory=dict)
+    non_cond: dict[int, FrameOutput] = field(default_factory=dict)
+    tracked: dict[int, bool] = field(default_factory=dict)  # frame -> tracked in reverse
+
+
+@dataclass
+class VideoSession:
+    frames: list[np.ndarray] = field(default_factory=list)  # uint8 RGB, original size
+    objects: list[TrackedObject] = field(default_factory=list)
+    new_inputs: list[int] = field(default_factory=list)
+    feature_cache: tuple[int, dict[str, np.ndarray]] | None = None
+    last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        return None if not self.frames else self.frames[0].shape[:2]
+
+    def object(self, obj_id: int) -> TrackedObject | None:
+        return next((o for o in self.objects if o.obj_id == obj_id), None)
+
+    @property
+    def frame_bytes(self) -> int:
+        return sum(f.nbytes for f in self.frames)
+
+    @property
+    def memory_bytes(self) -> int:
+        return sum(out.nbytes for o in self.objects for d in (o.cond, o.non_cond) for out in d.values())
+
+
+@dataclass
+class FrameResult:
+    frame_index: int
+    obj_ids: list[int]
+    low_res_masks: np.ndarray  # [O, L, L]
+    object_scores: np.ndarray  # [O]
+
+
+class OrtGraphs:
+    """The four graphs in ONNX Runtime, from `<repository>/<name>/1/model.onnx` or explicit paths."""
+
+    def __init__(self, paths: dict[str, Path], threads: int = 0, optimization: str = "basic"):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        # "basic" (constant folding, redundant nodes) keeps PyTorch's arithmetic; the extended
+        # fusions change rounding slightly, and the memory bank (stored in bfloat16) feeds errors
+        # back frame after frame.
+        options.graph_optimization_level = {
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[optimization]
+        self.sessions = {name: ort.InferenceSession(str(paths[name]), options, providers=["CPUExecutionProvider"])
+                         for name in GRAPH_NAMES}
+
+    @classmethod
+    def from_repository(cls, root: Path, threads: int = 0, optimization: str = "basic") -> "OrtGraphs":
+        return cls({n: Path(root) / n / "1" / "model.onnx" for n in GRAPH_NAMES}, threads, optimization)
+
+    @classmethod
+    def from_artifacts(cls, artifacts: Path, threads: int = 0, optimization: str = "basic") -> "OrtGraphs":
+        return cls({n: Path(artifacts) / f"{n}.onnx" for n in GRAPH_NAMES}, threads, optimization)
+
+    def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self.sessions[name]
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, feeds)))
+
+
+class VideoTracker:
+    def __init__(self, graphs: OrtGraphs, config: dict[str, Any], max_objects: int = 16, max_frames: int = 2000,
+                 max_frame_bytes: int = 1 << 30, max_memory_bytes: int = 2 << 30):
+        self.graphs = graphs
+        self.image_size = int(config["image_size"])
+        self.num_maskmem = int(config.get("num_maskmem", 7))
+        self.max_pointers = int(config.get("max_object_pointers_in_encoder", 16))
+        self.max_cond_frames = int(config.get("max_cond_frame_num", -1))
+        self.multimask_in_sam = bool(config.get("multimask_output_in_sam", True))
+        self.multimask_tracking = bool(config.get("multimask_output_for_tracking", True))
+        self.multimask_min = int(config.get("multimask_min_pt_num", 0))
+        self.multimask_max = int(config.get("multimask_max_pt_num", 1))
+        self.max_objects = max_objects
+        self.max_frames = max_frames
+        self.max_frame_bytes = max_frame_bytes
+        self.max_memory_bytes = max_memory_bytes
+        self._memory_pos: np.ndarray | None = None
+
+    # ---- session edits ---------------------------------------------------------------------
+    def add_frames(self, session: VideoSession, frames: list[np.ndarray]) -> int:
+        for frame in frames:
+            if frame.ndim != 3 or frame.shape[2] != 3 or min(frame.shape[:2]) == 0:
+                raise TrackerError("INVALID_ARGUMENT", f"frames must be RGB [H, W, 3], got {list(frame.shape)}")
+            expected = session.size or frames[0].shape[:2]
+            if frame.shape[:2] != tuple(expected):
+                raise TrackerError("INVALID_ARGUMENT", f"frame of size {frame.shape[1]}x{frame.shape[0]} in a video of "
+                                                       f"{expected[1]}x{expected[0]}: every frame must have the same size")
+        if len(session.frames) + len(frames) > self.max_frames:
+            raise TrackerError("RESOURCE_EXHAUSTED", f"a session holds at most {self.max_frames} frames")
+        if session.frame_bytes + sum(f.nbytes for f in frames) > self.max_frame_bytes:
+            raise TrackerError("RESOURCE_EXHAUSTED", f"a session holds at most {self.max_frame_bytes >> 20} MiB of frames")
+        session.frames.extend(np.ascontiguousarray(f, dtype=np.uint8) for f in frames)
+        return len(session.frames)
+
+    def add_prompts(self, session: VideoSession, frame_idx: int, obj_ids: list[int],
+                    prompts: list[tuple[np.ndarray, np.ndarray]]) -> FrameResult:
+        """Points (model frame, boxes as corners labelled 2/3 first) for several objects on one frame;
+        replaces each object's earlier prompts on that frame, then runs the frame."""
+        self._check_frame(session, frame_idx)
+        if len(set(obj_ids)) != len(obj_ids) or len(obj_ids) != len(prompts) or not obj_ids:
+            raise TrackerError("INVALID_ARGUMENT", "give each object id once, with its prompt")
+        new_ids = [i for i in obj_ids if session.object(i) is None]
+        if len(session.objects) + len(new_ids) > self.max_objects:
+            raise TrackerError("RESOURCE_EXHAUSTED", f"a session tracks at most {self.max_objects} objects")
+        for coords, labels in prompts:
+            if coords.ndim != 2 or coords.shape[1] != 2 or labels.shape != coords.shape[:1] or len(labels) == 0:
+                raise TrackerError("INVALID_ARGUMENT", "each object needs points [N, 2] with N labels")
+        for obj_id in new_ids:
+            session.objects.append(TrackedObject(obj_id))
+        for obj_id, (coords, labels) in zip(obj_ids, prompts):
+            session.object(obj_id).points[frame_idx] = (coords.astype(np.float32), labels.astype(np.int32))
+        session.new_inputs = list(obj_ids)
+        return self.step(session, frame_idx)
+
+    def remove_object(self, session: VideoSession, obj_id: int) -> None:
+        obj = session.object(obj_id)
+        if obj is None:
+            raise TrackerError("NOT_FOUND", f"object {obj_id} is not tracked in this session")
+        session.objects.remove(obj)
+        if obj_id in session.new_inputs:
+            session.new_inputs.remove(obj_id)
+
+    def start_frame(self, session: VideoSession) -> int:
+        frames = [f for o in session.objects for f in o.cond]
+        if not frames:
+            raise TrackerError("INVALID_ARGUMENT", "no prompts yet: add prompts on a frame before propagating")
+        return min(frames)
+
+    def _check_frame(self, session: VideoSession, frame_idx: int) -> None:
+        if not 0 <= frame_idx < len(session.frames):
+            raise TrackerError("INVALID_ARGUMENT", f"frame_index {frame_idx} is out of range: the session holds "
+                                                   f"{len(session.frames)} frames")
+
+    # ---- one frame -------------------------------------------------------------------------
+    def step(self, session: VideoSession, frame_idx: int, reverse: bool = False) -> FrameResult:
+        """`Sam2VideoModel.forward(inference_session, frame_idx, reverse)`."""
+        self._check_frame(session, frame_idx)
+        if not session.objects:
+            raise TrackerError("INVALID_ARGUMENT", "no objects to track: add prompts first")
+        if session.memory_bytes > self.max_memory_bytes:
+            raise TrackerError("RESOURCE_EXHAUSTED", f"the session's memory bank is over {self.max_memory_bytes >> 20} MiB")
+        masks, scores = [], []
+        pending: list[tuple[FrameOutput, np.ndarray, bool]] = []
+        tracked_outputs: list[FrameOutput] = []
+        for obj in session.objects:
+            has_new = obj.obj_id in session.new_inputs
+            if not has_new and frame_idx in obj.cond:
+                out, is_init = obj.cond[frame_idx], True
+            else:
+                is_init, points = False, None
+                if has_new:
+                    is_init = frame_idx not in obj.tracked
+                    if is_init:
+                        reverse = False  # as transformers: also for the objects after this one
+                    points = obj.points.get(frame_idx)
+                    if points is not None:
+                        session.new_inputs.remove(obj.obj_id)
+                out, high_res = self._single_frame(session, obj, frame_idx, is_init, points, reverse)
+                (obj.cond if is_init else obj.non_cond)[frame_idx] = out
+                pending.append((out, high_res, points is not None))
+                if not is_init:
+                    tracked_outputs.append(out)
+            if not is_init:
+                obj.tracked[frame_idx] = reverse
+            masks.append(out.pred_masks[0, 0])
+            scores.append(float(out.object_score.reshape(-1)[0]))
+        self._encode_memories(session, frame_idx, pending)
+        result = FrameResult(frame_idx, [o.obj_id for o in session.objects], np.stack(masks),
+                             np.array(scores, np.float32))
+        for out in tracked_outputs:
+            out.pred_masks = None  # only conditioning outputs are ever returned again
+        return result
+
+    def _features(self, session: VideoSession, frame_idx: int) -> dict[str, np.ndarray]:
+        if session.feature_cache is not None and session.feature_cache[0] == frame_idx:
+            return session.feature_cache[1]
+        pixels = sam2_transforms.preprocess(session.frames[frame_idx], self.image_size)
+        feats = self.graphs.run("sam2_video_image_encoder", {"pixel_values": pixels})
+        feats = {k: np.array(v, copy=True) for k, v in feats.items()}
+        session.feature_cache = (frame_idx, feats)
+        return feats
+
+    def _single_frame(self, session: VideoSession, obj: TrackedObject, frame_idx: int, is_init: bool,
+                      points: tuple[np.ndarray, np.ndarray] | None, reverse: bool) -> tuple[FrameOutput, np.ndarray]:
+        feats = self._features(session, frame_idx)
+        if is_init:
+            pix_feat = feats["vision_feat_no_memory"]
+        else:
+            pix_feat = self._memory_conditioned(session, obj, frame_idx, feats, reverse)
+        if points is None:
+            coords = np.zeros((1, 2, 2), np.float32)
+            labels = np.full((1, 2), -1, np.int32)
+        else:
+            coords = np.concatenate([points[0], np.zeros((1, 2), np.float32)])[None]
+            labels = np.concatenate([points[1], np.array([-1], np.int32)])[None]
+        num_points = 0 if points is None else len(points[1])
+        multimask = (self.multimask_in_sam and (is_init or self.multimask_tracking)
+                     and self.multimask_min <= num_points <= self.multimask_max)
+        out = self.graphs.run("sam2_video_decoder", {
+            "pix_feat": pix_feat, "feat_s0": feats["feat_s0"], "feat_s1": feats["feat_s1"],
+            "point_coords": coords, "point_labels": labels, "multimask": np.array([1.0 if multimask else 0.0], np.float32)})
+        result = FrameOutput(np.array(out["low_res_mask"]), np.array(out["object_pointer"]),
+                             np.array(out["object_score_logits"]))
+        return result, out["high_res_mask"]
+
+    def _select_cond(self, frame_idx: int, cond: dict[int, FrameOutput]):
+        limit = self.max_cond_frames
+        if limit == -1 or len(cond) <= limit:
+            return cond, {}
+        selected = {}
+        before = max((t for t in cond if t < frame_idx), default=None)
+        if before is not None:
+            selected[before] = cond[before]
+        after = min((t for t in cond if t >= frame_idx), default=None)
+        if after is not None:
+            selected[after] = cond[after]
+        rest = sorted((t for t in cond if t not in selected), key=lambda t: abs(t - frame_idx))
+        selected.update((t, cond[t]) for t in rest[:limit - len(selected)])
+        return selected, {t: v for t, v in cond.items() if t not in selected}
+
+    def _memory_conditioned(self, session: VideoSession, obj: TrackedObject, frame_idx: int,
+                            feats: dict[str, np.ndarray], reverse: bool) -> np.ndarray:
+        if not obj.cond:
+            raise TrackerError("INVALID_ARGUMENT", f"object {obj.obj_id} has no prompted frame to track from")
+        selected, unselected = self._select_cond(frame_idx, obj.cond)
+        memories = [(0, out) for out in selected.values()]
+        for offset in range(self.num_maskmem - 1, 0, -1):
+            previous = frame_idx + offset if reverse else frame_idx - offset
+            memories.append((offset, obj.non_cond.get(previous, unselected.get(previous))))
+        memories = [(o, m) for o, m in memories if m is not None]
+        # pointers
+        num_frames = len(session.frames)
+        max_pointers = min(num_frames, self.max_pointers)
+        sign = -1 if reverse else 1
+        offsets, pointers = [], []
+        for t, out in obj.cond.items():
+            if (t >= frame_idx) if reverse else (t <= frame_idx):
+                offsets.append((frame_idx - t) * sign)
+                pointers.append(out.object_pointer)
+        for distance in range(1, max_pointers):
+            ref = frame_idx + distance if reverse else frame_idx - distance
+            if ref < 0 or ref >= num_frames:
+                break
+            out = obj.non_cond.get(ref)
+            if out is not None:
+                offsets.append(distance)
+                pointers.append(out.object_pointer)
+        hidden = feats["vision_feat"].shape[1]
+        feeds = {
+            "vision_feat": feats["vision_feat"], "vision_pos": feats["vision_pos"],
+            "maskmem_features": np.stack([m.maskmem_features for _, m in memories]),
+            "maskmem_pos": np.stack([m.maskmem_pos for _, m in memories]),
+            "maskmem_tpos": np.array([(o - 1) % self.num_maskmem for o, _ in memories], np.int64),
+            "object_pointers": (np.concatenate(pointers) if pointers else np.zeros((0, hidden), np.float32)),
+            "pointer_tpos": (np.array(offsets, np.float32) / np.float32(max(max_pointers - 1, 1))).astype(np.float32),
+        }
+        return self.graphs.run("sam2_video_memory_attention", feeds)["pix_feat"]
+
+    def _encode_memories(self, session: VideoSession, frame_idx: int,
+                         pending: list[tuple[FrameOutput, np.ndarray, bool]]) -> None:
+        if not pending or self.num_maskmem == 0:
+            return
+        feats = self._features(session, frame_idx)
+        count = len(pending)
+        out = self.graphs.run("sam2_video_memory_encoder", {
+            "vision_feat": np.repeat(feats["vision_feat"], count, axis=0),
+            "high_res_masks": np.concatenate([h for _, h, _ in pending]),
+            "object_score_logits": np.concatenate([o.object_score.reshape(1, 1) for o, _, _ in pending]),
+            "binarize": np.array([1.0 if any(p for _, _, p in pending) else 0.0], np.float32)})
+        features = bfloat16_round(out["maskmem_features"])
+        # The memory position encoding depends only on the shape: one shared copy for every output.
+        pos = out["maskmem_pos"][0]
+        if self._memory_pos is None or self._memory_pos.shape != pos.shape or not np.array_equal(self._memory_pos, pos):
+            self._memory_pos = np.array(pos)
+        for i, (output, _, _) in enumerate(pending):
+            output.maskmem_features = features[i]
+            output.maskmem_pos = self._memory_pos

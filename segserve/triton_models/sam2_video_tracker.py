@@ -1,0 +1,143 @@
+"""SAM 2 video tracking sessions as a Triton sequence (correlation id = session).
+
+The state of a session (frames, per-object prompts, conditioning and non-conditioning outputs with
+their memory features and object pointers) lives in this instance keyed by CORRID; the tracking
+rules are `sam2_video_core.VideoTracker` (transformers' `Sam2VideoModel`). Each request is one
+operation (OP):
+
+  0 FRAMES   FRAMES [1, F, H, W, 3] uint8: append frames (the START request carries the first ones)
+  1 PROMPT   FRAME_INDEX, OBJ_IDS [1, O], POINT_COORDS [1, O, N, 2] (model frame; labels -10 pad
+             shorter prompts), POINT_LABELS [1, O, N]: prompts, then run that frame
+  2 STEP     FRAME_INDEX, REVERSE: one propagation step (the orchestrator walks the frames, one
+             request each, so steps of many sessions share execute() calls: Oldest batching)
+  3 REMOVE   OBJ_IDS [1, 1]
+  4 INFO     nothing (with END: close the session)
+  5 START_FRAME  the default first frame of a propagation (earliest prompted frame)
+
+Every response carries NUM_FRAMES, FRAME_SIZE, OUT_OBJ_IDS; PROMPT and STEP also OUT_FRAME_INDEX,
+OBJECT_SCORES and MASKS_RLE (COCO RLE at the frames' size). Triton drops idle sequences silently,
+so the instance evicts sessions idle longer than the same TTL; caps on sessions, objects, frames
+and bytes answer RESOURCE_EXHAUSTED.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from segserve.common import rle, sam2_transforms
+from segserve.triton_models.common import RequestError, error_response, optional_input, parameters, repository_root, scalar
+from segserve.triton_models.sam2_video_core import OrtGraphs, TrackerError, VideoSession, VideoTracker
+
+OP_FRAMES, OP_PROMPT, OP_STEP, OP_REMOVE, OP_INFO, OP_START_FRAME = range(6)
+PAD_LABEL = -10
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = parameters(args)
+        self.ttl_s = float(params.get("session_ttl_s", "600"))
+        self.max_sessions = int(params.get("max_sessions", "16"))
+        self.mask_threshold = float(params.get("mask_threshold", "0.0"))
+        config = json.loads(params["video_config"])
+        graphs = OrtGraphs.from_repository(repository_root(args), int(params.get("intra_op_threads", "0")))
+        self.tracker = VideoTracker(graphs, config, max_objects=int(params.get("max_objects", "16")),
+                                    max_frames=int(params.get("max_frames", "2000")),
+                                    max_frame_bytes=int(params.get("max_frame_bytes", str(1 << 30))),
+                                    max_memory_bytes=int(params.get("max_memory_bytes", str(2 << 30))))
+        self.sessions: dict[int, VideoSession] = {}
+        self.metric_family = pb_utils.MetricFamily(name="segserve_triton_video_sessions",
+                                                   description="SAM 2 video sessions held in this model instance",
+                                                   kind=pb_utils.MetricFamily.GAUGE)
+        self.sessions_gauge = self.metric_family.Metric(labels={"model": args["model_name"],
+                                                                "instance": args["model_instance_name"]})
+
+    def execute(self, requests):
+        self._evict_expired()
+        responses = []
+        for request in requests:
+            corrid = int(scalar(request, "CORRID"))
+            try:
+                responses.append(self._handle(request, corrid))
+            except TrackerError as exc:
+                responses.append(error_response(f"{exc.code}: {exc.message}"))
+            except RequestError as exc:
+                responses.append(error_response(str(exc)))
+            except Exception as exc:  # one bad request must not take the others down
+                responses.append(error_response(f"INTERNAL: {type(exc).__name__}: {exc}"))
+            if scalar(request, "END"):
+                self.sessions.pop(corrid, None)
+        self.sessions_gauge.set(len(self.sessions))
+        return responses
+
+    def _evict_expired(self) -> None:
+        now = time.monotonic()
+        for corrid in [c for c, s in self.sessions.items() if now - s.last_used > self.ttl_s]:
+            del self.sessions[corrid]
+
+    def _handle(self, request, corrid: int):
+        op = int(scalar(request, "OP", OP_INFO))
+        frames = optional_input(request, "FRAMES")
+        if scalar(request, "START"):
+            if frames is None:
+                raise RequestError("INVALID_ARGUMENT", "FRAMES are required on the first request of a session")
+            if corrid not in self.sessions and len(self.sessions) >= self.max_sessions:
+                raise RequestError("RESOURCE_EXHAUSTED", f"this instance already holds {self.max_sessions} video sessions")
+            session = VideoSession()
+            self.tracker.add_frames(session, list(frames[0]))
+            self.sessions[corrid] = session
+        else:
+            session = self.sessions.get(corrid)
+            if session is None:
+                raise RequestError("NOT_FOUND", f"video session {corrid} is not open here (ended or expired)")
+            session.last_used = time.monotonic()
+            if op == OP_FRAMES:
+                if frames is None:
+                    raise RequestError("INVALID_ARGUMENT", "FRAMES missing")
+                self.tracker.add_frames(session, list(frames[0]))
+        session.last_used = time.monotonic()
+        outputs = {}
+        if op == OP_PROMPT:
+            result = self._prompt(request, session)
+        elif op == OP_STEP:
+            result = self.tracker.step(session, int(scalar(request, "FRAME_INDEX", -1)), bool(scalar(request, "REVERSE", False)))
+        else:
+            result = None
+            if op == OP_REMOVE:
+                ids = optional_input(request, "OBJ_IDS")
+                if ids is None or ids.size != 1:
+                    raise RequestError("INVALID_ARGUMENT", "OBJ_IDS must hold one object id")
+                self.tracker.remove_object(session, int(ids.reshape(-1)[0]))
+            elif op == OP_START_FRAME:
+                outputs["OUT_FRAME_INDEX"] = np.array([[self.tracker.start_frame(session)]], np.int32)
+        height, width = session.size
+        outputs.update({
+            "NUM_FRAMES": np.array([[len(session.frames)]], np.int32),
+            "FRAME_SIZE": np.array([[height, width]], np.int32),
+            "OUT_OBJ_IDS": np.array([[o.obj_id for o in session.objects]], np.int64).reshape(1, -1),
+        })
+        if result is not None:
+            binary = sam2_transforms.masks_from_logits(result.low_res_masks, (height, width), self.mask_threshold)
+            outputs["OUT_FRAME_INDEX"] = np.array([[result.frame_index]], np.int32)
+            outputs["OUT_OBJ_IDS"] = np.array([result.obj_ids], np.int64).reshape(1, -1)
+            outputs["OBJECT_SCORES"] = result.object_scores.reshape(1, -1).astype(np.float32)
+            outputs["MASKS_RLE"] = np.array([[rle.encode(m)["counts"].encode() for m in binary]], dtype=object).reshape(1, -1)
+        wanted = set(request.requested_output_names()) or set(outputs)
+        return pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outputs.items() if k in wanted])
+
+    def _prompt(self, request, session: VideoSession):
+        ids = optional_input(request, "OBJ_IDS")
+        coords = optional_input(request, "POINT_COORDS")
+        labels = optional_input(request, "POINT_LABELS")
+        if ids is None or coords is None or labels is None:
+            raise RequestError("INVALID_ARGUMENT", "OBJ_IDS, POINT_COORDS and POINT_LABELS are required")
+        ids, coords, labels = ids.reshape(-1), coords[0], labels[0]
+        if coords.ndim != 3 or coords.shape[2] != 2 or labels.shape != coords.shape[:2] or len(ids) != len(coords):
+            raise RequestError("INVALID_ARGUMENT", "POINT_COORDS [O, N, 2], POINT_LABELS [O, N] and OBJ_IDS [O] must match")
+        prompts = []
+        for obj_coords, obj_labels in zip(coords, labels):
+            keep = obj_labels != PAD_LABEL
+            prompts.append((obj_coords[keep].astype(np.float32), obj_labels[keep].astype(np.int32)))
+        return self.tracker.add_prompts(session, int(scalar(request, "FRAME_INDEX", -1)), [int(i) for i in ids], prompts)

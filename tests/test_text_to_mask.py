@@ -1,0 +1,271 @@
+"""Text-to-mask through the real embedded Triton: the `text_to_mask` and `grounding_detect` ensembles
+behind `MaskFromPrompt(text=...)` and `Detect`, against the PyTorch reference on the same tiny
+random checkpoints (GroundingDinoProcessor's post-processing, Sam2Model with the detected boxes)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+os.environ.setdefault("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tests import sam2_reference  # noqa: E402
+
+CAPTION = "a person. red ball. the sky."
+IOU_MIN = 0.99
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The CI box has 2 shared cores: stay on one while this module runs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def text_artifacts(sam2_artifacts, tmp_path_factory):
+    """The session's SAM 2 artifacts plus a tiny random Grounding DINO, in a folder of their own (the
+    other tests' repository stays SAM 2 only)."""
+    from segserve.export.grounding_dino import export_grounding_dino
+
+    out = tmp_path_factory.mktemp("text_artifacts") / "artifacts"
+    shutil.copytree(sam2_artifacts, out, copy_function=os.link)
+    export_grounding_dino(None, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def text_repository(text_artifacts, tmp_path_factory):
+    from segserve.repository.builder import build_repository
+
+    out = tmp_path_factory.mktemp("text_repository")
+    build_repository(text_artifacts, out, "embedded")
+    return out
+
+
+@pytest.fixture(scope="module")
+def text_stack(text_repository, tmp_path_factory):
+    from segserve.orchestrator.settings import Settings
+    from segserve.runtime.stack import start_stack
+
+    with start_stack(text_repository, tmp_path_factory.mktemp("triton_text"), Settings()) as running:
+        yield running
+
+
+@pytest.fixture()
+def tclient(text_stack):
+    from segserve.client import SegservClient
+
+    with SegservClient(text_stack.address) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def reference(text_artifacts, photo):
+    """Grounding DINO in PyTorch on the processor's own letterbox of the photo, at the export size."""
+    from transformers import (AutoTokenizer, GroundingDinoForObjectDetection, GroundingDinoImageProcessorPil,
+                              GroundingDinoProcessor)
+
+    checkpoint = text_artifacts / "checkpoints" / "grounding-dino-random-tiny"
+    from segserve.export.manifest import Manifest
+
+    size = int(Manifest(text_artifacts).records["grounding_dino"].model_config["image_size"])
+    processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(),
+                                       tokenizer=AutoTokenizer.from_pretrained(checkpoint))
+    model = GroundingDinoForObjectDetection.from_pretrained(checkpoint).eval()
+    pixels = processor.image_processor(images=photo, size={"max_height": size, "max_width": size},
+                                       pad_size={"height": size, "width": size}, return_tensors="pt")
+    text = processor.tokenizer([CAPTION], return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(**pixels, **text)
+    scores = torch.sigmoid(outputs.logits[0]).max(-1).values.sort(descending=True).values.numpy()
+
+    def detect(box_threshold: float, text_threshold: float):
+        result = processor.post_process_grounded_object_detection(
+            outputs, input_ids=text["input_ids"], threshold=box_threshold, text_threshold=text_threshold,
+            target_sizes=[photo.shape[:2]])[0]
+        order = torch.argsort(-result["scores"], stable=True)  # segserve returns best first
+        return (result["boxes"][order].numpy(), result["scores"][order].numpy(),
+                [result["text_labels"][i] for i in order])
+
+    return detect, scores
+
+
+def _thresholds(scores: np.ndarray, count: int) -> float:
+    """A box threshold halfway between the count-th and the next score (a clear cut, no near-tie)."""
+    return float((scores[count - 1] + scores[count]) / 2)
+
+
+def _mask(obj) -> np.ndarray:
+    return obj.best.mask
+
+
+def test_text_to_mask_matches_pytorch(tclient, reference, photo, sam2_torch_model):
+    detect, scores = reference
+    box_threshold, text_threshold = _thresholds(scores, 6), 0.5
+    boxes, ref_scores, phrases = detect(box_threshold, text_threshold)
+    assert 3 <= len(boxes) < 900 and any(phrases)  # thresholds that really select
+    result = tclient.mask_from_text(photo, CAPTION, box_threshold=box_threshold, text_threshold=text_threshold,
+                                    max_objects=100, nms_iou_threshold=1.0)
+    assert (result.height, result.width) == photo.shape[:2] and result.model.random_weights
+    assert [o.phrase for o in result.objects] == phrases
+    np.testing.assert_allclose([o.detection_score for o in result.objects], ref_scores, rtol=1e-4)
+    np.testing.assert_allclose([o.box for o in result.objects], boxes, rtol=1e-3, atol=1e-2)
+    _, _, ref_masks = sam2_reference.predict(sam2_torch_model, photo, boxes=boxes, multimask=False)
+    for obj, ref in zip(result.objects, ref_masks[:, 0]):
+        assert len(obj.masks) == 1 and ref.any() and sam2_reference.iou(_mask(obj), ref) >= IOU_MIN
+
+
+def test_detect_with_nms_and_top_k(tclient, reference, photo):
+    from segserve.common.grounding import class_aware_nms
+
+    detect, scores = reference
+    box_threshold = _thresholds(scores, 12)
+    boxes, ref_scores, phrases = detect(box_threshold, 0.25)
+    keep = class_aware_nms(boxes, ref_scores, phrases, 0.5)[:5]
+    assert 0 < len(keep) < len(boxes)  # NMS or top-k really removed something
+    got = tclient.detect(photo, CAPTION, box_threshold=box_threshold, text_threshold=0.25, max_objects=5,
+                         nms_iou_threshold=0.5)
+    assert [d.phrase for d in got] == [phrases[i] for i in keep]
+    np.testing.assert_allclose([d.box for d in got], boxes[keep], rtol=1e-3, atol=1e-2)
+    np.testing.assert_allclose([d.score for d in got], ref_scores[keep], rtol=1e-4)
+    # the same request through text_to_mask gives the same boxes, each with a mask
+    objects = tclient.mask_from_text(photo, CAPTION, box_threshold=box_threshold, text_threshold=0.25,
+                                     max_objects=5, nms_iou_threshold=0.5).objects
+    assert [o.phrase for o in objects] == [d.phrase for d in got] and all(o.best.area > 0 for o in objects)
+
+
+def test_nothing_detected_is_an_empty_result(tclient, photo):
+    # box_threshold 1: a score must exceed 1, which a sigmoid never does
+    result = tclient.mask_from_text(photo, CAPTION, box_threshold=1.0)
+    assert result.objects == [] and (result.height, result.width) == photo.shape[:2]
+    assert tclient.detect(photo, CAPTION, box_threshold=1.0) == []
+
+
+def test_defaults_and_max_objects(tclient, photo):
+    result = tclient.mask_from_text(photo, "red ball", max_objects=3)
+    assert len(result.objects) <= 3
+    assert all(0.35 < o.detection_score <= 1 for o in result.objects)  # the server's box_threshold
+
+
+def _code(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code(), err.value.details()
+
+
+@pytest.mark.parametrize("text, field, words", [
+    ("", "text", "empty"),
+    ("  \t\n ", "text", "whitespace"),
+    (" . . ", "text", "no words"),
+    ("cat " * 300, "text", "256"),
+    ("x" * 9000, "text", "characters"),
+])
+def test_bad_text(tclient, photo, text, field, words):
+    for call in (lambda: tclient.mask_from_text(photo, text), lambda: tclient.detect(photo, text)):
+        code, details = _code(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(f"{field}:") and words in details
+
+
+@pytest.mark.parametrize("options, field", [
+    ({"box_threshold": -0.1}, "box_threshold"),
+    ({"box_threshold": 1.5}, "box_threshold"),
+    ({"text_threshold": float("nan")}, "text_threshold"),
+    ({"nms_iou_threshold": 2.0}, "nms_iou_threshold"),
+    ({"max_objects": -1}, "max_objects"),
+])
+def test_bad_options(tclient, photo, options, field):
+    code, details = _code(lambda: tclient.mask_from_text(photo, CAPTION, **options))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(f"{field}:")
+    code, _ = _code(lambda: tclient.detect(photo, CAPTION, **options))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_too_many_objects_and_combinations(tclient, photo):
+    from segserve.api import pb
+    from segserve.client import image_bytes
+
+    code, details = _code(lambda: tclient.mask_from_text(photo, CAPTION, max_objects=101))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith("max_objects:")
+    data = image_bytes(photo)
+    for extra, field in (({"points": [pb.Point(x=5, y=5, label=1)]}, "points"),
+                         ({"boxes": [pb.Box(x0=1, y0=1, x1=9, y1=9)]}, "boxes"),
+                         ({"multimask_output": True}, "multimask_output"),
+                         ({"return_low_res_logits": True}, "return_low_res_logits")):
+        request = pb.MaskFromPromptRequest(image=data, text=CAPTION, **extra)
+        code, details = _code(lambda: tclient.stub.MaskFromPrompt(request))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(f"{field}:")
+    image_id = tclient.open_image(photo).image_id
+    code, details = _code(lambda: tclient.stub.MaskFromPrompt(pb.MaskFromPromptRequest(image_id=image_id, text="x")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("image_id:") and "image bytes" in details
+    tclient.close_image(image_id)
+    code, details = _code(lambda: tclient.detect(b"not an image", CAPTION))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("image")
+
+
+def test_non_utf8_text_is_refused_by_grpc(text_stack):
+    """`text` is a proto3 string: a message carrying bytes that are not UTF-8 is refused by the gRPC
+    layer while parsing, before any handler runs (the server keeps serving)."""
+    from segserve.api import pb
+
+    body = pb.DetectRequest(image=b"\x89PNG").SerializeToString() + b"\x12\x02\xff\xfe"  # field 2 (text)
+    with grpc.insecure_channel(text_stack.address) as channel:
+        call = channel.unary_unary("/segserve.v1.Segmentation/Detect", request_serializer=None,
+                                   response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as err:
+            call(body, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert err.value.details() == "Exception deserializing request!"
+    from segserve.client import SegservClient
+
+    with SegservClient(text_stack.address) as client:  # still serving
+        assert client.detect(np.zeros((20, 30, 3), np.uint8), "red ball", box_threshold=1.0) == []
+
+
+def test_cli_and_demo(text_stack, tclient, photo, tmp_path):
+    from PIL import Image
+
+    from segserve import demo_text
+
+    image_path = tmp_path / "photo.png"
+    Image.fromarray(photo).save(image_path)
+    overlay_path = tmp_path / "overlay.png"
+    out = subprocess.run([sys.executable, "-m", "segserve.cli", "segment", str(image_path), "--text", "red ball.",
+                          "--max-objects", "4", "--overlay", str(overlay_path), "--server", text_stack.address],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert 0 < len(summary["objects"]) <= 4 and all("red" in o["phrase"] or "ball" in o["phrase"]
+                                                     for o in summary["objects"])
+    assert Image.open(overlay_path).size == (photo.shape[1], photo.shape[0])
+    result = demo_text.run(tclient, photo, tmp_path / "demo")
+    assert result["random_weights"] and result["objects"] and (tmp_path / "demo" / "text_overlay.png").is_file()
+    assert [d["phrase"] for d in result["detections"]] == [o["phrase"] for o in result["objects"]]
+
+
+def test_repository_description(text_repository, text_artifacts, tmp_path):
+    from segserve.repository.builder import build_repository, validate_repository
+    from segserve.repository.description import grounding_models
+
+    configs = validate_repository(text_repository)
+    steps = [s.model_name for s in configs["text_to_mask"].ensemble_scheduling.step]
+    assert steps == ["grounding_preprocess", "grounding_tokenize", "grounding_dino", "grounding_select",
+                     "sam2_image_encoder", "sam2_prompt_decoder", "text_mask_postprocess"]
+    assert (text_repository / "grounding_tokenize" / "1" / "grounding_dino_tokenizer" / "tokenizer.json").is_file()
+    # the fleet target: graphs on Triton's onnxruntime backend, the same ensembles, parsed back strictly
+    fleet = tmp_path / "fleet"
+    assert "text_to_mask" in build_repository(text_artifacts, fleet, "fleet")
+    assert validate_repository(fleet)["grounding_dino"].platform == "onnxruntime_onnx"
+    assert (fleet / "grounding_select" / "1" / "grounding_dino_tokenizer" / "tokenizer.json").is_file()
+    # Grounding DINO without SAM 2: boxes only, no text_to_mask
+    names = [s.name for s in grounding_models({"image_size": 256}, {"artifacts": {"grounding_dino": {}}})]
+    assert "grounding_detect" in names and "text_to_mask" not in names
