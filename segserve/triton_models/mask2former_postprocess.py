@@ -17,7 +17,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from segserve.common import segments as seg
-from segserve.triton_models.common import RequestError, error_response, parameters
+from segserve.triton_models.common import RequestError, parameters, respond_each
 
 
 def _input(request, name: str) -> np.ndarray:
@@ -44,15 +44,7 @@ class TritonPythonModel:
         self.mask_size = int(params.get("mask_size", "384")) or None
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._handle(request))
-            except RequestError as exc:
-                responses.append(error_response(str(exc)))
-            except Exception as exc:  # one bad request must not take the others down
-                responses.append(error_response(f"INTERNAL: {type(exc).__name__}: {exc}"))
-        return responses
+        return respond_each(requests, self._handle)
 
     def _handle(self, request):
         classes, masks = _input(request, "CLASS_LOGITS"), _input(request, "MASK_LOGITS")
