@@ -31,6 +31,11 @@ test: setup
 bench: setup
 	$(PY) benchmarks/sam2_image.py --out out/bench_sam2_image.json
 
+# Locust over gRPC against the embedded stack; the soak: make load LOAD_ARGS="--run-time 10m"
+LOAD_ARGS ?=
+load: setup
+	$(PY) loadtests/run.py --users 8 --run-time 60s --artifacts $(ARTIFACTS) --repository $(REPOSITORY) $(LOAD_ARGS)
+
 lint: setup
 	$(VENV)/bin/ruff check segserve tests benchmarks loadtests
 

@@ -292,10 +292,10 @@ def run_load(stack, out: Path, users: int = 8, spawn_rate: float = 2.0, run_time
              csv_prefix: Path | None = None, html: Path | None = None, user_classes: list[str] | None = None,
              sample_interval_s: float = 5.0, locust_args: list[str] | None = None) -> dict:
     """Run Locust against a started stack; returns the summary (also written to out/summary.json)."""
-    out = Path(out)
+    out = Path(out).resolve()  # Locust runs in the repository root
     out.mkdir(parents=True, exist_ok=True)
-    csv_prefix = Path(csv_prefix or out / "locust")
-    html = Path(html or out / "report.html")
+    csv_prefix = Path(csv_prefix or out / "locust").resolve()
+    html = Path(html or out / "report.html").resolve()
     json_file = Path(f"{csv_prefix}_stats.json")
     for stale in [*csv_prefix.parent.glob(csv_prefix.name + "_*.csv"), html, json_file]:
         stale.unlink(missing_ok=True)
@@ -311,10 +311,13 @@ def run_load(stack, out: Path, users: int = 8, spawn_rate: float = 2.0, run_time
                              locust_args)
     env = {**os.environ, "SEGSERVE_LOAD_HOST": stack.address, "PYTHONUNBUFFERED": "1"}
     started = time.monotonic()
-    with open(out / "locust.log", "wb") as log:
-        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=HERE.parent).returncode
+    try:
+        with open(out / "locust.log", "wb") as log:
+            returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        cwd=HERE.parent).returncode
+    finally:
+        sampler.stop()
     wall_s = time.monotonic() - started
-    sampler.stop()
 
     memory_end = memory_snapshot(stack)
     end_metrics = {k: scrape(u, metrics_dir / f"{k}_end.prom") for k, u in urls.items()}
@@ -394,7 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out/load"))
     parser.add_argument("--csv", type=Path, default=None, help="CSV prefix (default OUT/locust)")
     parser.add_argument("--html", type=Path, default=None, help="HTML report (default OUT/report.html)")
-    parser.add_argument("--families", default=None, help="comma-separated; default sam2 (+ mask2former if served)")
+    parser.add_argument("--families", default=None,
+                        help="families to export, comma-separated; default sam2 (+ mask2former if served). The "
+                             "repository serves every family exported into --artifacts: for SAM 2 alone, give a "
+                             "fresh --artifacts folder too")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--repository", type=Path, default=Path("model_repository/embedded"))
     parser.add_argument("--workspace", type=Path, default=Path("build/load-triton"))

@@ -37,6 +37,20 @@ def test_no_request_failed(load_summary):
         assert row["requests"] > 0 and row["p50_ms"] is not None and row["p50_ms"] <= row["p99_ms"]
 
 
+def test_unserved_users_left_out(load_summary, stack):
+    """The session stack serves SAM 2 only: the locustfile asks GetModelInfo and drops PanopticUser."""
+    from segserve.client import SegservClient
+
+    out, _ = load_summary
+    with SegservClient(stack.address) as client:
+        families = {m.family for m in client.model_info().models}
+    log = (out / "locust.log").read_text()
+    if "mask2former" in families:
+        pytest.skip("this stack serves Mask2Former")
+    assert "PanopticUser left out" in log, log
+    assert '"PanopticUser"' not in log, log  # not among the spawned classes
+
+
 def test_reports_written(load_summary):
     out, summary = load_summary
     for name in ("locust_stats.csv", "locust_failures.csv", "locust_stats.json", "report.html", "summary.json",
