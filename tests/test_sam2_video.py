@@ -64,12 +64,22 @@ def two_conditioning_frames_script(centres):
             ("propagate", 9, True)]
 
 
+def late_start_script(centres):
+    """Prompts on frame 4 only, propagation started by hand on frame 1: frames before any prompt
+    track from a future conditioning frame's memory with no object pointer at all."""
+    c1, c2 = centres[1], centres[2]
+    return [("prompt", 4, {1: ([c1[4]], [1]), 2: ([c2[4]], [1])}),
+            ("propagate", 1, False)]
+
+
+SCRIPTS = {"correction": correction_script, "two_cond": two_conditioning_frames_script, "late_start": late_start_script}
+
+
 @pytest.fixture(scope="module")
 def reference_results(video_model, clip):
     torch.set_num_threads(1)
     frames, centres = clip
-    return {name: run_reference(video_model, frames, script(centres))
-            for name, script in (("correction", correction_script), ("two_cond", two_conditioning_frames_script))}
+    return {name: run_reference(video_model, frames, script(centres)) for name, script in SCRIPTS.items()}
 
 
 def test_export_manifest(video_artifacts):
@@ -87,7 +97,7 @@ def test_export_manifest(video_artifacts):
     assert attention.inputs["object_pointers"]["shape"][0] == "pointers"
 
 
-@pytest.mark.parametrize("name", ["correction", "two_cond"])
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_tracker_matches_transformers(video_artifacts, clip, reference_results, name):
     """The numpy/ORT tracker the Triton model runs reproduces Sam2VideoModel frame by frame."""
     from segserve.export.manifest import Manifest
@@ -96,11 +106,12 @@ def test_tracker_matches_transformers(video_artifacts, clip, reference_results, 
     frames, centres = clip
     config = Manifest(video_artifacts).records["sam2_video_decoder"].model_config
     tracker = VideoTracker(OrtGraphs.from_artifacts(video_artifacts, threads=1), config)
-    script = {"correction": correction_script, "two_cond": two_conditioning_frames_script}[name](centres)
-    ours = run_tracker(tracker, frames, script)
+    ours = run_tracker(tracker, frames, SCRIPTS[name](centres))
     worst, count = compare(ours, reference_results[name])
-    assert count >= 40
+    assert count >= 18
     assert worst >= 0.99, f"worst per-frame IoU {worst:.4f}"
+    if name == "late_start":
+        return
     # The comparison is sensitive: masks are neither empty nor full, and memory changes them
     # (the same frame tracked in two passes gives different masks).
     areas = [m.mean() for _, objs in ours for m in objs.values()]
@@ -327,3 +338,13 @@ def test_box_prompt_and_frames_folder(vclient, video_stack, video_model, clip, t
     assert printed["objects"] == [1, 2] and printed["tracked_frames"] == 3
     assert len(list((tmp_path / "out").glob("frame*_object2.png"))) == 3
     assert len(list((tmp_path / "out").glob("video_frame_*.png"))) == 3
+
+
+def test_bfloat16_storage_matches_torch():
+    from segserve.triton_models.sam2_video_core import bfloat16_bits, bfloat16_round, bfloat16_to_float32
+
+    x = (np.random.default_rng(0).standard_normal(200_000) * 5).astype(np.float32)
+    x[:4] = [1.00390625, 1.01171875, -2.0078125, 3.0e38]  # ties to even, and near the top of the range
+    expected = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+    assert np.array_equal(bfloat16_round(x), expected)
+    assert bfloat16_bits(x).dtype == np.uint16 and np.array_equal(bfloat16_to_float32(bfloat16_bits(x)), expected)

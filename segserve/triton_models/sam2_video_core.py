@@ -55,11 +55,19 @@ class TrackerError(Exception):
         self.message = message
 
 
-def bfloat16_round(x: np.ndarray) -> np.ndarray:
-    """float32 -> nearest bfloat16 (ties to even), returned as float32, as torch's `.to(bfloat16)`."""
+def bfloat16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> the nearest bfloat16 (ties to even, as torch's `.to(bfloat16)`), as uint16 bits."""
     bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
-    return rounded.view(np.float32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def bfloat16_round(x: np.ndarray) -> np.ndarray:
+    """float32 -> nearest bfloat16 value, returned as float32."""
+    return bfloat16_to_float32(bfloat16_bits(x))
 
 
 @dataclass
@@ -67,7 +75,7 @@ class FrameOutput:
     pred_masks: np.ndarray | None  # [1, 1, L, L] low-res logits (kept for conditioning outputs only)
     object_pointer: np.ndarray  # [1, C]
     object_score: np.ndarray  # [1, 1]
-    maskmem_features: np.ndarray | None = None  # [mem, h, w], bfloat16 values
+    maskmem_features: np.ndarray | None = None  # [mem, h, w] bfloat16 bits (uint16): half the bytes
     maskmem_pos: np.ndarray | None = None  # [mem, h, w]
 
     @property
@@ -338,7 +346,7 @@ class VideoTracker:
         hidden = feats["vision_feat"].shape[1]
         feeds = {
             "vision_feat": feats["vision_feat"], "vision_pos": feats["vision_pos"],
-            "maskmem_features": np.stack([m.maskmem_features for _, m in memories]),
+            "maskmem_features": bfloat16_to_float32(np.stack([m.maskmem_features for _, m in memories])),
             "maskmem_pos": np.stack([m.maskmem_pos for _, m in memories]),
             "maskmem_tpos": np.array([(o - 1) % self.num_maskmem for o, _ in memories], np.int64),
             "object_pointers": (np.concatenate(pointers) if pointers else np.zeros((0, hidden), np.float32)),
@@ -357,11 +365,11 @@ class VideoTracker:
             "high_res_masks": np.concatenate([h for _, h, _ in pending]),
             "object_score_logits": np.concatenate([o.object_score.reshape(1, 1) for o, _, _ in pending]),
             "binarize": np.array([1.0 if any(p for _, _, p in pending) else 0.0], np.float32)})
-        features = bfloat16_round(out["maskmem_features"])
+        features = bfloat16_bits(out["maskmem_features"])
         # The memory position encoding depends only on the shape: one shared copy for every output.
         pos = out["maskmem_pos"][0]
         if self._memory_pos is None or self._memory_pos.shape != pos.shape or not np.array_equal(self._memory_pos, pos):
             self._memory_pos = np.array(pos)
         for i, (output, _, _) in enumerate(pending):
-            output.maskmem_features = features[i]
+            output.maskmem_features = np.array(features[i])
             output.maskmem_pos = self._memory_pos
