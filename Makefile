@@ -28,8 +28,13 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Real-size random-weight models, each compared side by side with its PyTorch reference in one run.
 bench: setup
 	$(PY) benchmarks/sam2_image.py --out out/bench_sam2_image.json
+	$(PY) benchmarks/automatic_masks.py --out out/bench_automatic_masks.json
+	$(PY) benchmarks/mask2former.py --out out/bench_mask2former.json
+	$(PY) benchmarks/text_to_mask.py --out out/bench_text_to_mask.json
+	$(PY) benchmarks/video.py --out out/bench_video.json
 
 # Locust over gRPC against the embedded stack; the soak: make load LOAD_ARGS="--run-time 10m"
 LOAD_ARGS ?=

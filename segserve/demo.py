@@ -3,6 +3,7 @@ photo with point and box prompts (SDK and CLI), write overlays and a JSON summar
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -14,15 +15,17 @@ import numpy as np
 from PIL import Image
 
 
-def _families() -> list[str]:
-    families = ["sam2"]
-    try:
-        import segserve.demo_panoptic  # noqa: F401  (present once Mask2Former serving is in)
+# Demo steps after the SAM 2 prompts: (title, model family it needs, module, whether it takes the photo).
+STEPS = [
+    ("segment everything", "sam2", "segserve.demo_everything", True),
+    ("text to mask", "grounding_dino", "segserve.demo_text", True),
+    ("panoptic", "mask2former", "segserve.demo_panoptic", True),
+    ("video tracking", "sam2_video", "segserve.demo_video", False),
+]
 
-        families.append("mask2former")
-    except ImportError:
-        pass
-    return families
+
+def _families() -> list[str]:
+    return list(dict.fromkeys(["sam2", *(family for _, family, _, _ in STEPS)]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,10 +79,11 @@ def main(argv: list[str] | None = None) -> None:
                         "--box", "130,20,350,260", "--out", str(args.out / "cli_mask.png"), "--overlay",
                         str(cli_overlay), "--server", stack.address], check=True)
         summary["cli_overlay"] = str(cli_overlay)
-        if "mask2former" in families:
-            from segserve import demo_panoptic
-
-            summary["panoptic"] = demo_panoptic.run(client, photo, args.out)
+        for title, _, module, takes_photo in STEPS:
+            t0 = time.perf_counter()
+            step = importlib.import_module(module)
+            summary[title] = step.run(client, photo, args.out) if takes_photo else step.run(client, args.out)
+            print(f"[demo] {title}: done in {time.perf_counter() - t0:.1f} s", flush=True)
         summary["model"] = {"random_weights": result.model.random_weights, "checkpoint": result.model.checkpoint}
     (args.out / "results.json").write_text(json.dumps(summary, indent=2))
     print(f"[demo] results written under {args.out.resolve()}:")
