@@ -77,7 +77,7 @@ def _mask_message(counts: str, height: int, width: int, score: float, mask_forma
 def _model_info_messages(info: dict) -> list[pb.ModelInfo]:
     families: dict[str, pb.ModelInfo] = {}
     for artifact, entry in sorted(info.items()):
-        family = artifact.split("_")[0]
+        family = entry.get("family") or artifact.split("_")[0]
         message = families.setdefault(family, pb.ModelInfo(
             family=family, checkpoint=entry["checkpoint"], checkpoint_sha256=entry["checkpoint_sha256"],
             random_weights=entry["random_weights"]))

@@ -160,6 +160,7 @@ def model_info(manifest: Manifest) -> str:
     info = {}
     for record in manifest.records.values():
         info[record.name] = {
+            "family": record.model_config.get("family", record.name.split("_")[0]),
             "checkpoint": record.checkpoint,
             "checkpoint_sha256": record.checkpoint_sha256,
             "random_weights": record.random_weights,
