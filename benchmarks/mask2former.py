@@ -91,7 +91,7 @@ def pytorch_latency(checkpoint: Path, images: dict[str, bytes], runs: int) -> di
     results = {"threads": torch.get_num_threads()}
     for name, data in images.items():
         for task in TASKS:
-            def run():
+            def run(data=data, task=task):
                 with Image.open(io.BytesIO(data)) as opened:
                     image = opened.convert("RGB")
                 inputs = processor([image], return_tensors="pt")
@@ -112,7 +112,7 @@ def segserve_latency(address: str, images: dict[str, bytes], runs: int) -> dict:
     with SegservClient(address) as client:
         for name, data in images.items():
             for task in TASKS:
-                seconds, result = _median(lambda: client.segment(data, task=task), runs)
+                seconds, result = _median(lambda data=data, task=task: client.segment(data, task=task), runs)
                 results[f"{name}/{task}"] = {"seconds": round(seconds, 3), "segments": len(result.segments)}
     return results
 

@@ -113,7 +113,6 @@ def main() -> None:
         return [rle.encode(m[0]) for m in masks]
 
     eager_objects = len(eager())  # warm-up
-    eager_times = timed(eager, args.runs)
 
     # --- in-process ONNX Runtime, step by step -------------------------------------------------------
     gd = ort_session(args.artifacts / gd_record.file)
@@ -141,7 +140,6 @@ def main() -> None:
         return json.loads(objects_document(detections_document(detections), masks, ious, objects, (height, width)))
 
     inprocess_objects = len(inprocess()["objects"])
-    inprocess_times = timed(inprocess, args.runs)
 
     # --- segserve: the ensemble alone, then through the orchestrator -------------------------------
     encoded = image_bytes(photo)
@@ -167,9 +165,15 @@ def main() -> None:
                                          max_objects=args.objects, nms_iou_threshold=1.0)
 
         ensemble_objects = len(ensemble()["objects"])  # warm-up
-        ensemble_times = timed(ensemble, args.runs)
         served_objects = len(served().objects)
-        served_times = timed(served, args.runs)
+        # Interleaved, one run of each pipeline per round, so that load from elsewhere on the
+        # machine falls on all four alike.
+        eager_times, inprocess_times, ensemble_times, served_times = [], [], [], []
+        for _ in range(args.runs):
+            eager_times += timed(eager, 1)
+            inprocess_times += timed(inprocess, 1)
+            ensemble_times += timed(ensemble, 1)
+            served_times += timed(served, 1)
         triton.close()
 
     result = {

@@ -192,3 +192,5 @@ def test_nms_and_small_regions_units():
     cleaned, changed = amg.remove_small_regions(cleaned, 4, "islands")
     assert changed and not cleaned[16, 16] and cleaned.sum() == 100
     assert amg.total_points(amg.AutoMaskParams(points_per_side=8, crop_n_layers=2, crop_n_points_downscale_factor=2)) == 64 * 3
+    # A few-pixel image with many crop layers: every crop keeps a positive size.
+    assert all(x1 > x0 and y1 > y0 for (x0, y0, x1, y1), _ in amg.crop_boxes(3, 2, 4, 0.9))

@@ -182,7 +182,7 @@ def test_instance_matches_processor(outputs, processor, threshold, mask_threshol
         unmatched = list(range(n))
         ref_info = ref["segments_info"]
         for info, mask in zip(got.segments_info, got.segmentation):
-            def closeness(j: int) -> float:
+            def closeness(j: int, info=info, mask=mask, ref_info=ref_info, ref_masks=ref_masks) -> float:
                 same_label = ref_info[j]["label_id"] == info["label_id"]
                 return _iou(ref_masks[j], mask) - abs(ref_info[j]["score"] - info["score"]) - (not same_label)
             j = max(unmatched, key=closeness)

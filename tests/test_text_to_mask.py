@@ -202,7 +202,7 @@ def test_too_many_objects_and_combinations(tclient, photo):
                          ({"multimask_output": True}, "multimask_output"),
                          ({"return_low_res_logits": True}, "return_low_res_logits")):
         request = pb.MaskFromPromptRequest(image=data, text=CAPTION, **extra)
-        code, details = _code(lambda: tclient.stub.MaskFromPrompt(request))
+        code, details = _code(lambda r=request: tclient.stub.MaskFromPrompt(r))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(f"{field}:")
     image_id = tclient.open_image(photo).image_id
     code, details = _code(lambda: tclient.stub.MaskFromPrompt(pb.MaskFromPromptRequest(image_id=image_id, text="x")))

@@ -91,7 +91,8 @@ def crop_boxes(height: int, width: int, n_layers: int, overlap_ratio: float) -> 
         lefts = [int((crop_w - overlap) * i) for i in range(per_side)]
         tops = [int((crop_h - overlap) * i) for i in range(per_side)]
         for left, top in product(lefts, tops):
-            out.append(((left, top, min(left + crop_w, width), min(top + crop_h, height)), layer))
+            if left < width and top < height:  # a few-pixel image can leave crops past its edge
+                out.append(((left, top, min(left + crop_w, width), min(top + crop_h, height)), layer))
     return out
 
 

@@ -15,7 +15,7 @@ import triton_python_backend_utils as pb_utils
 
 from segserve.common import sam2_transforms
 from segserve.common.grounding import GroundingInputError, letterbox
-from segserve.triton_models.common import RequestError, error_response, parameters
+from segserve.triton_models.common import RequestError, parameters, respond_each
 
 
 class TritonPythonModel:
@@ -27,15 +27,7 @@ class TritonPythonModel:
         self.sam2_size = int(params.get("sam2_image_size", "1024"))
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._handle(request))
-            except RequestError as exc:
-                responses.append(error_response(str(exc)))
-            except Exception as exc:  # one bad request must not take the others down
-                responses.append(error_response(f"INTERNAL: {type(exc).__name__}: {exc}"))
-        return responses
+        return respond_each(requests, self._handle)
 
     def _handle(self, request):
         image = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()

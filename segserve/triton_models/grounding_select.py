@@ -16,7 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from segserve.common.grounding import CaptionTokenizer, GroundingInputError, select_boxes
 from segserve.common.text_to_mask import detection_prompts, detections_document
-from segserve.triton_models.common import RequestError, error_response, parameters, scalar
+from segserve.triton_models.common import RequestError, parameters, respond_each, scalar
 
 
 class TritonPythonModel:
@@ -30,15 +30,7 @@ class TritonPythonModel:
         self.max_objects = int(params["max_objects"])
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._handle(request))
-            except RequestError as exc:
-                responses.append(error_response(str(exc)))
-            except Exception as exc:  # one bad request must not take the others down
-                responses.append(error_response(f"INTERNAL: {type(exc).__name__}: {exc}"))
-        return responses
+        return respond_each(requests, self._handle)
 
     def _handle(self, request):
         logits = pb_utils.get_input_tensor_by_name(request, "LOGITS").as_numpy()

@@ -12,7 +12,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from segserve.common.grounding import CaptionTokenizer, GroundingInputError
-from segserve.triton_models.common import RequestError, error_response, parameters
+from segserve.triton_models.common import RequestError, parameters, respond_each
 
 
 class TritonPythonModel:
@@ -22,15 +22,7 @@ class TritonPythonModel:
         self.tokenizer = CaptionTokenizer(folder, int(params.get("max_text_len", "256")))
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._handle(request))
-            except RequestError as exc:
-                responses.append(error_response(str(exc)))
-            except Exception as exc:  # one bad request must not take the others down
-                responses.append(error_response(f"INTERNAL: {type(exc).__name__}: {exc}"))
-        return responses
+        return respond_each(requests, self._handle)
 
     def _handle(self, request):
         text = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)

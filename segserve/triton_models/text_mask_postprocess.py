@@ -10,7 +10,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from segserve.common.text_to_mask import objects_document
-from segserve.triton_models.common import error_response, parameters
+from segserve.triton_models.common import parameters, respond_each
 
 
 class TritonPythonModel:
@@ -18,15 +18,11 @@ class TritonPythonModel:
         self.threshold = float(parameters(args).get("mask_threshold", "0.0"))
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                get = lambda name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()  # noqa: E731
-                height, width = (int(v) for v in get("ORIGINAL_SIZE").reshape(-1))
-                document = objects_document(get("DETECTIONS").reshape(-1)[0], get("MASKS"), get("MASK_SCORES"),
-                                            get("OBJECT_SCORES"), (height, width), self.threshold)
-                responses.append(pb_utils.InferenceResponse(
-                    [pb_utils.Tensor("OBJECTS", np.array([document.encode()], dtype=object))]))
-            except Exception as exc:  # one bad request must not take the others down
-                responses.append(error_response(f"INTERNAL: {type(exc).__name__}: {exc}"))
-        return responses
+        return respond_each(requests, self._handle)
+
+    def _handle(self, request):
+        get = lambda name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()  # noqa: E731
+        height, width = (int(v) for v in get("ORIGINAL_SIZE").reshape(-1))
+        document = objects_document(get("DETECTIONS").reshape(-1)[0], get("MASKS"), get("MASK_SCORES"),
+                                    get("OBJECT_SCORES"), (height, width), self.threshold)
+        return pb_utils.InferenceResponse([pb_utils.Tensor("OBJECTS", np.array([document.encode()], dtype=object))])
