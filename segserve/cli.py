@@ -186,41 +186,55 @@ def cmd_everything(args) -> None:
                       "random_weights": result.model.random_weights}))
 
 
+def _track_prompts(points: list[list[float]]) -> tuple[dict[int, dict], int]:
+    """--point F,X,Y[,LABEL[,OBJECT]] -> ({object: {"points": [...]}}, frame)."""
+    frames = {int(p[0]) for p in points}
+    if len(frames) > 1:
+        sys.exit("track: put every --point on the same frame")
+    prompts: dict[int, dict] = {}
+    for i, p in enumerate(points):
+        label = int(p[3]) if len(p) > 3 else 1
+        obj = int(p[4]) if len(p) > 4 else i + 1
+        prompts.setdefault(obj, {"points": []})["points"].append((p[1], p[2], label))
+    return prompts, frames.pop() if frames else 0
+
+
 def cmd_track(args) -> None:
     import grpc
 
     from segserve.client import SegservClient
-    from segserve.demo_video import save_overlays, track_frames
+    from segserve.demo_video import save_overlays, track_frames, write_overlay_video
+    from segserve.video_io import VideoError, frame_rate, read_frames
 
-    if args.frames:
-        from segserve.common.image import decode_image
-
-        files = sorted(p for p in args.frames.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"))
-        if not files:
-            sys.exit(f"track: no image files in {args.frames}")
-        frames = np.stack([decode_image(p.read_bytes(), p.name, 64_000_000, 64 << 20) for p in files])
+    if args.video and args.frames:
+        sys.exit("track: give the video (or frame folder) once: as VIDEO or with --frames")
+    source = args.video or args.frames
+    fps = 10.0
+    if source is not None:
+        try:
+            frames = np.stack(list(read_frames(source, args.stride, args.max_frames)))
+        except VideoError as exc:
+            sys.exit(f"track: {exc}")
+        fps = frame_rate(source) / args.stride
     else:
         from segserve.common.synthetic_video import moving_shapes
 
         frames, centres = moving_shapes(args.synthetic_frames, 120, 160)
-        if not args.point:
+        if not args.point and args.text is None:
             args.point = [[0, *centres[1][0]], [0, *centres[2][0]]]
-    if not args.point:
-        sys.exit("track: give at least one --point F,X,Y[,LABEL[,OBJECT]]")
-    prompt_frames = {int(p[0]) for p in args.point}
-    if len(prompt_frames) != 1:
-        sys.exit("track: put every --point on the same frame")
-    prompts: dict[int, dict] = {}
-    for i, p in enumerate(args.point):
-        label = int(p[3]) if len(p) > 3 else 1
-        obj = int(p[4]) if len(p) > 4 else i + 1
-        prompts.setdefault(obj, {"points": []})["points"].append((p[1], p[2], label))
-    frame = prompt_frames.pop()
+    if not args.point and args.text is None:
+        sys.exit("track: give at least one --point F,X,Y[,LABEL[,OBJECT]] or --text")
+    prompts, frame = _track_prompts(args.point)
+    text = None
+    if args.text is not None:
+        text = {"text": args.text, "frame": args.text_frame, "box_threshold": args.box_threshold,
+                "text_threshold": args.text_threshold, "max_objects": args.max_objects}
     with SegservClient(args.server) as client:
         try:
-            summary, masks, timings = track_frames(client, frames, prompts, frame, reverse_too=True)
+            summary, masks, timings = track_frames(client, frames, prompts, frame, reverse_too=True, text=text)
         except grpc.RpcError as exc:
             sys.exit(f"track failed: {exc.code().name}: {exc.details()}")
+    names = {int(k): f"{k}: {v['phrase'] or '?'}" for k, v in summary["detections"].items()}
     if args.out:
         from PIL import Image
 
@@ -231,7 +245,13 @@ def cmd_track(args) -> None:
         if args.overlay:
             save_overlays(frames, masks, args.out)
         print(f"masks: {args.out}")
-    print(json.dumps({**summary, **timings, "objects": sorted(prompts), "tracked_frames": len(masks)}))
+    extra = {}
+    if args.overlay_video:
+        codec, count = write_overlay_video(args.overlay_video, frames, masks, fps, names)
+        extra["overlay_video"] = {"path": str(args.overlay_video), "codec": codec, "frames": count}
+        print(f"overlay video: {args.overlay_video} ({codec}, {count} frames)")
+    objects = sorted({o for objs in masks.values() for o in objs})
+    print(json.dumps({**summary, **timings, **extra, "objects": objects, "tracked_frames": len(masks)}))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -300,14 +320,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--server", default="127.0.0.1:50051")
     p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser("track", help="track objects through a video (a frames folder or a synthetic clip)")
-    p.add_argument("--frames", type=Path, help="folder of frame images (sorted by name); default: synthetic clip")
+    p = sub.add_parser("track", help="track objects through a video (file, frames folder or a synthetic clip)")
+    p.add_argument("video", type=Path, nargs="?",
+                   help="video file (any format FFmpeg reads, decoded with PyAV) or folder of frame images (sorted "
+                        "by name); default: a synthetic clip")
+    p.add_argument("--frames", type=Path, help="folder of frame images (the same as giving it as VIDEO)")
+    p.add_argument("--stride", type=int, default=1, help="keep every N-th frame of the video")
+    p.add_argument("--max-frames", type=int, help="keep at most this many frames")
     p.add_argument("--synthetic-frames", type=int, default=8, help="length of the synthetic clip")
     p.add_argument("--point", action="append", default=[], metavar="F,X,Y[,LABEL[,OBJECT]]",
                    type=lambda t: _floats(t, (3, 4, 5), "--point"),
-                   help="a click on frame F; several points without OBJECT are separate objects")
+                   help="a click on frame F (of the kept frames); several points without OBJECT are separate objects")
+    p.add_argument("--text", help='text prompt on --text-frame (Grounding DINO): "a car. a person."; each detection '
+                                  "becomes an object")
+    p.add_argument("--text-frame", type=int, default=0, help="frame of the --text prompt (default 0)")
+    p.add_argument("--box-threshold", type=float, help="--text: minimum box score (default: the server's)")
+    p.add_argument("--text-threshold", type=float, help="--text: minimum token score for a phrase")
+    p.add_argument("--max-objects", type=int, default=0, help="--text: at most this many objects (0: default)")
     p.add_argument("--out", type=Path, help="folder for per-frame, per-object mask PNGs")
     p.add_argument("--overlay", action="store_true", help="also write overlay PNGs into --out")
+    p.add_argument("--overlay-video", type=Path, help="write the overlays as a video (e.g. out.mp4; libx264, else mpeg4)")
     p.add_argument("--server", default="127.0.0.1:50051")
     p.set_defaults(func=cmd_track)
 

@@ -1,6 +1,6 @@
 """Drive transformers' `Sam2VideoModel` as its processor and propagate loop do, without the
 processor (`Sam2VideoProcessor` needs torchvision's video processor, which cannot be installed
-here): the same session calls `add_inputs_to_inference_session` makes for points, then
+here): the same session calls `add_inputs_to_inference_session` makes for points and masks, then
 `forward(frame_idx=...)` and `propagate_in_video_iterator`."""
 from __future__ import annotations
 
@@ -10,11 +10,22 @@ import torch
 from segserve.common import sam2_transforms
 from segserve.triton_models.sam2_video_core import propagation_order
 
-# A script: ("prompt", frame, {obj_id: (points [(x, y)], labels [..])}) or ("propagate", start|None, reverse)
+# A script: ("prompt", frame, {obj_id: (points [(x, y)], labels [..]) or a bool mask [H, W]}) or
+# ("propagate", start|None, reverse)
 
 
 def masks_from_low_res(low_res: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return sam2_transforms.masks_from_logits(low_res, hw, 0.0)
+
+
+def processor_mask(mask: np.ndarray, size: int) -> torch.Tensor:
+    """`Sam2VideoProcessor.process_new_mask_for_video_frame` on one mask [H, W]."""
+    tensor = torch.tensor(mask, dtype=torch.bool)[None, None].float()
+    if tensor.shape[-2:] != (size, size):
+        tensor = torch.nn.functional.interpolate(tensor, size=(size, size), align_corners=False, mode="bilinear",
+                                                 antialias=True)
+        tensor = (tensor >= 0.5).float()
+    return tensor
 
 
 def run_reference(model, frames: np.ndarray, script) -> list[tuple[int, dict[int, np.ndarray]]]:
@@ -34,8 +45,13 @@ def run_reference(model, frames: np.ndarray, script) -> list[tuple[int, dict[int
         for action in script:
             if action[0] == "prompt":
                 _, frame, objects = action
-                for obj_id, (points, labels) in objects.items():
+                for obj_id, prompt in objects.items():
                     obj_idx = session.obj_id_to_idx(obj_id)
+                    if isinstance(prompt, np.ndarray):  # a mask: `process_new_mask_for_video_frame`
+                        session.add_mask_inputs(obj_idx, frame, processor_mask(prompt, size))
+                        session.remove_point_inputs(obj_idx, frame)
+                        continue
+                    points, labels = prompt
                     coords = sam2_transforms.to_model_coords(np.array(points, np.float32), hw, size)
                     session.add_point_inputs(obj_idx, frame, {
                         "point_coords": torch.from_numpy(coords)[None, None],
@@ -66,8 +82,9 @@ def run_tracker(tracker, frames: np.ndarray, script) -> list[tuple[int, dict[int
     for action in script:
         if action[0] == "prompt":
             _, frame, objects = action
-            prompts = [(sam2_transforms.to_model_coords(np.array(p, np.float32), hw, tracker.image_size),
-                        np.array(labels, np.int32)) for p, labels in objects.values()]
+            prompts = [prompt if isinstance(prompt, np.ndarray) else
+                       (sam2_transforms.to_model_coords(np.array(prompt[0], np.float32), hw, tracker.image_size),
+                        np.array(prompt[1], np.int32)) for prompt in objects.values()]
             collect(tracker.add_prompts(session, frame, list(objects), prompts))
         else:
             _, start, reverse = action

@@ -300,6 +300,7 @@ def test_demo_and_cli(vclient, video_stack, tmp_path, capsys):
     summary = demo_video.run(vclient, tmp_path / "demo", frames=6)
     assert summary["tracked_frames"] == 6 and summary["random_weights"]
     assert all(Path(p).is_file() for p in summary["overlays"]) and len(summary["overlays"]) >= 2
+    assert summary["overlay_video"]["frames"] == 6 and Path(summary["overlay_video"]["path"]).is_file()
     main(["track", "--server", video_stack.address, "--synthetic-frames", "5", "--point", "2,40,40",
           "--out", str(tmp_path / "masks")])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -348,3 +349,15 @@ def test_bfloat16_storage_matches_torch():
     expected = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
     assert np.array_equal(bfloat16_round(x), expected)
     assert bfloat16_bits(x).dtype == np.uint16 and np.array_equal(bfloat16_to_float32(bfloat16_bits(x)), expected)
+
+
+def test_text_prompt_without_grounding_dino(vclient, clip):
+    """This stack has no Grounding DINO: a text prompt is FAILED_PRECONDITION, the session lives on."""
+    frames, centres = clip
+    video = vclient.video
+    sid = video.start_session(list(frames[:2])).session_id
+    with pytest.raises(grpc.RpcError) as err:
+        video.add_prompts(sid, 0, text="a car.")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "Grounding DINO" in err.value.details()
+    assert video.add_prompts(sid, 0, {1: {"points": [(*centres[1][0], 1)]}}).masks[1].any()
+    video.end_session(sid)

@@ -85,3 +85,52 @@ def upscale_logits(low_res: np.ndarray, original_hw: tuple[int, int]) -> np.ndar
 
 def masks_from_logits(low_res: np.ndarray, original_hw: tuple[int, int], threshold: float = 0.0) -> np.ndarray:
     return upscale_logits(low_res, original_hw) > threshold
+
+
+
+@lru_cache(maxsize=64)
+def _antialias_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Taps of torch's bilinear interpolation with `antialias=True` (align_corners=False): aten's
+    `_compute_weights_aa` in float32 (a triangle filter widened by the scale when downsampling,
+    weights renormalised at the borders). Returns source indices and weights, both [out, taps]."""
+    f = np.float32
+    scale = f(in_size) / f(out_size)
+    support = scale if scale >= 1 else f(1)
+    invscale = f(1) / scale if scale >= 1 else f(1)
+    rows = []
+    for i in range(out_size):
+        center = scale * f(i + 0.5)
+        first = max(int(center - support + f(0.5)), 0)
+        last = min(int(center + support + f(0.5)), in_size)
+        x = np.abs((np.arange(first, last, dtype=np.float32) - center + f(0.5)) * invscale)
+        weights = np.where(x < 1, f(1) - x, f(0)).astype(np.float32)
+        total = np.cumsum(weights, dtype=np.float32)[-1]
+        rows.append((first, weights / total if total else weights))
+    taps = max(len(w) for _, w in rows)
+    index = np.zeros((out_size, taps), np.int64)
+    weight = np.zeros((out_size, taps), np.float32)
+    for i, (first, w) in enumerate(rows):
+        index[i] = np.minimum(first + np.arange(taps), in_size - 1)
+        weight[i, :len(w)] = w
+    return index, weight
+
+
+def _resize_antialias_axis(x: np.ndarray, out_size: int, axis: int) -> np.ndarray:
+    index, weight = _antialias_taps(out_size, x.shape[axis])
+    x = np.moveaxis(x, axis, -1)
+    out = x[..., index[:, 0]] * weight[:, 0]
+    for j in range(1, index.shape[1]):  # tap by tap in float32, as the CPU kernel accumulates
+        out = out + x[..., index[:, j]] * weight[:, j]
+    return np.moveaxis(out.astype(np.float32), -1, axis)
+
+
+def mask_to_model(mask: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """A binary mask at the frame size [H, W] -> the float {0, 1} mask [size, size] that
+    transformers' `Sam2VideoProcessor.process_new_mask_for_video_frame` stores: antialiased
+    bilinear resize (width, then height, as torch's separable kernel), then `>= 0.5`; a mask
+    already at size x size is kept as it is."""
+    mask = np.asarray(mask).astype(np.float32)
+    if mask.shape == (size, size):
+        return mask
+    resized = _resize_antialias_axis(_resize_antialias_axis(mask, size, 1), size, 0)
+    return (resized >= 0.5).astype(np.float32)

@@ -1,4 +1,4 @@
-"""SAM 2 video (transformers `Sam2VideoModel`) -> four ONNX graphs for the video tracker.
+"""SAM 2 video (transformers `Sam2VideoModel`) -> five ONNX graphs for the video tracker.
 
 The tracker (`segserve/triton_models/sam2_video_tracker.py`) keeps the memory bank in numpy and
 runs these graphs, split where `Sam2VideoModel`'s own per-frame step splits:
@@ -17,6 +17,8 @@ runs these graphs, split where `Sam2VideoModel`'s own per-frame step splits:
 - `sam2_video_memory_encoder`: `_encode_new_memory` (mask for memory: binarised when it came from a
   click, else sigmoid; scale/bias; memory encoder; occlusion embedding) for B objects at once. The
   bfloat16 storage of the reference is applied by the tracker.
+- `sam2_video_mask_prompt`: `_use_mask_as_output` for a mask prompt (the mask is the output; the
+  object pointer comes from a decoder run with the mask as dense prompt).
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ ENCODER = "sam2_video_image_encoder"
 MEMORY_ATTENTION = "sam2_video_memory_attention"
 DECODER = "sam2_video_decoder"
 MEMORY_ENCODER = "sam2_video_memory_encoder"
-GRAPHS = (ENCODER, MEMORY_ATTENTION, DECODER, MEMORY_ENCODER)
+MASK_PROMPT = "sam2_video_mask_prompt"
+GRAPHS = (ENCODER, MEMORY_ATTENTION, DECODER, MEMORY_ENCODER, MASK_PROMPT)
 RANDOM_CONFIGS = ("tiny", "hiera-tiny", "hiera-tiny-512")
 NO_OBJ_SCORE = -1024.0
 
@@ -201,11 +204,13 @@ class DecoderGraph(nn.Module):
         self.register_buffer("image_pe", model.get_image_wide_positional_embeddings().detach(), persistent=False)
 
     def forward(self, pix_feat, feat_s0, feat_s1, point_coords, point_labels, multimask):
+        dense = self.model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand_as(pix_feat)
+        return self.decode(pix_feat, feat_s0, feat_s1, point_coords, point_labels, multimask, dense)
+
+    def decode(self, pix_feat, feat_s0, feat_s1, point_coords, point_labels, multimask, dense):
         model = self.model
         dec = model.mask_decoder
-        encoder = model.prompt_encoder
-        sparse = encoder._embed_points(point_coords.unsqueeze(0), point_labels.unsqueeze(0), pad=False)
-        dense = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand_as(pix_feat)
+        sparse = model.prompt_encoder._embed_points(point_coords.unsqueeze(0), point_labels.unsqueeze(0), pad=False)
         _, channels, height, width = pix_feat.shape
         tokens = torch.cat([dec.obj_score_token.weight, dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
         tokens = torch.cat((tokens.reshape(1, 1, -1, channels), sparse), dim=2)
@@ -242,6 +247,46 @@ class DecoderGraph(nn.Module):
         weight = appearing.to(pointer.dtype)
         pointer = weight * pointer + (1 - weight) * model.no_object_pointer
         return low_res, high_res, pointer, object_score.reshape(1, 1)
+
+
+class MaskPromptGraph(nn.Module):
+    """`_use_mask_as_output`: a mask prompt is taken as the frame's output (logits -10 / +10), and
+    the object pointer comes from a decoder run on the raw frame features (no memory) with the mask
+    as the dense prompt (`mask_downsample` then the prompt encoder's `mask_embed`) and one padding
+    point, multimask. Presence (score +/-10, pointer vs `no_object_pointer`) follows the mask.
+    `mask` is the {0, 1} mask at image_size x image_size, as `Sam2VideoProcessor` stores it."""
+
+    def __init__(self, model: Sam2VideoModel):
+        super().__init__()
+        self.decoder = DecoderGraph(model)
+        self.model = model
+        size, low = model.image_size, model.prompt_encoder.mask_input_size[0]
+        # Antialiased bilinear downsampling has no ONNX op at opset 17: use the same resampling
+        # as a fixed matrix (torch's own weights, taken by resampling the identity).
+        eye = torch.eye(size).reshape(1, 1, size, size)
+        resample = F.interpolate(eye, size=(size, low), mode="bilinear", align_corners=False, antialias=True)[0, 0]
+        self.register_buffer("resample", resample.detach().clone(), persistent=False)  # [size, low]
+
+    def forward(self, vision_feat, mask):
+        model = self.model
+        high_res = mask * 20.0 - 10.0
+        if torch.onnx.is_in_onnx_export():
+            low_res = (self.resample.T @ high_res[0, 0] @ self.resample)[None, None]
+        else:  # the reference arithmetic, for the parity check
+            low_res = F.interpolate(high_res, size=model.prompt_encoder.mask_input_size, mode="bilinear",
+                                    align_corners=False, antialias=True)
+        dense = model.prompt_encoder.mask_embed(model.mask_downsample(mask))
+        coords = torch.zeros(1, 2, 2, dtype=vision_feat.dtype)
+        labels = torch.full((1, 2), -1, dtype=torch.int64)
+        # The pointer comes from the decoder's tokens alone: the high-resolution features only shape
+        # the (unused) decoder masks, so zeros stand in for them and the exporter drops that branch.
+        shapes = _feature_shapes(model)
+        feat_s0, feat_s1 = torch.zeros(shapes["feat_s0"]), torch.zeros(shapes["feat_s1"])
+        _, _, pointer, _ = self.decoder.decode(vision_feat, feat_s0, feat_s1, coords, labels,
+                                               torch.ones(1, dtype=vision_feat.dtype), dense)
+        appearing = (mask.flatten(1) > 0).any(dim=1, keepdim=True).to(vision_feat.dtype)  # 1 x 1
+        pointer = appearing * pointer + (1 - appearing) * model.no_object_pointer
+        return low_res, high_res, pointer, appearing * 20.0 - 10.0
 
 
 class MemoryEncoderGraph(nn.Module):
@@ -320,6 +365,21 @@ def _memory_encoder_case(model: Sam2VideoModel, batch: int, binarize: bool, seed
     }
 
 
+def _mask_prompt_case(model: Sam2VideoModel, seed: int, empty: bool = False) -> dict[str, torch.Tensor]:
+    gen = _gen(seed)
+    shapes = _feature_shapes(model)
+    size = model.image_size
+    mask = torch.zeros(1, 1, size, size)
+    if not empty:  # a random rectangle: edges anywhere relative to the 4x4 low-res cells
+        y0, x0 = (int(v) for v in torch.randint(0, size // 2, (2,), generator=gen))
+        y1, x1 = (int(v) for v in torch.randint(size // 2 + 1, size, (2,), generator=gen))
+        mask[..., y0:y1, x0:x1] = 1.0
+    return {
+        "vision_feat": torch.randn(shapes["top"], generator=gen),
+        "mask": mask,
+    }
+
+
 def graph_specs(model: Sam2VideoModel) -> list[GraphSpec]:
     size = model.image_size
     encoder = GraphSpec(
@@ -357,7 +417,13 @@ def graph_specs(model: Sam2VideoModel) -> list[GraphSpec]:
                       "maskmem_pos": {0: "objects"}},
         parity_inputs=[_memory_encoder_case(model, 1, True, 11), _memory_encoder_case(model, 3, True, 12)],
     )
-    return [encoder, attention, decoder, memory_encoder]
+    mask_prompt = GraphSpec(
+        name=MASK_PROMPT, module=MaskPromptGraph(model),
+        example_inputs=_mask_prompt_case(model, seed=14),
+        output_names=["low_res_mask", "high_res_mask", "object_pointer", "object_score_logits"],
+        parity_inputs=[_mask_prompt_case(model, seed=15), _mask_prompt_case(model, seed=16, empty=True)],
+    )
+    return [encoder, attention, decoder, memory_encoder, mask_prompt]
 
 
 def video_model_config(model: Sam2VideoModel, checkpoint: str, random_weights: bool) -> dict[str, Any]:

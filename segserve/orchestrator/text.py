@@ -31,6 +31,7 @@ from tritonclient.utils import InferenceServerException
 
 from segserve.api import pb
 from segserve.common.grounding import GroundingInputError, normalize_caption
+from segserve.common.text_to_mask import parse_detections
 
 from .errors import ServiceError, exhausted, invalid
 from .segment import _triton_error, _unknown_model
@@ -110,7 +111,7 @@ class TextPrompts:
     # ------------------------------------------------------------------ validation
 
     def _controls(self, request, model: TextModel) -> list[grpcclient.InferInput]:
-        if not isinstance(request, pb.DetectRequest) and not request.HasField("text"):
+        if isinstance(request, pb.MaskFromPromptRequest) and not request.HasField("text"):
             raise invalid("text", "is required")
         if len(request.text) > MAX_TEXT_CHARS:
             raise invalid("text", f"is {len(request.text)} characters long; at most {MAX_TEXT_CHARS} "
@@ -189,6 +190,15 @@ class TextPrompts:
                                        detection_score=item["score"], box=_box(item["box"]))
             obj.masks.append(self.mask_message(item["rle"], height, width, item["mask_score"], request.mask_format))
         return response
+
+    def controls(self, prompt) -> list[grpcclient.InferInput]:
+        """Validated Triton inputs of any message with Detect's fields (text, thresholds,
+        max_objects): the video API's TextPrompt."""
+        return self._controls(prompt, self.model())
+
+    def detections(self, image: np.ndarray, controls: list[grpcclient.InferInput]) -> list[dict]:
+        """`grounding_detect` on RGB pixels: phrase, score, xyxy box (original pixels), best first."""
+        return parse_detections(self._infer(DETECT, image, controls, "DETECTIONS"))
 
     def detect(self, request: pb.DetectRequest, decode: Callable[[bytes], np.ndarray]) -> pb.DetectResponse:
         model = self.model()

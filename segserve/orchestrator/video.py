@@ -2,10 +2,11 @@
 Triton model.
 
 A session is a Triton sequence on one replica (random 63-bit sequence id); frames travel once, in
-the START request and later FRAMES requests; prompts carry only points, and every propagation step
-is one small request answered with RLE masks, so steps of many sessions batch together in Triton
-(Oldest strategy). Requests of one session are serialised by a per-session lock. Triton's silent
-drop of an idle sequence surfaces as NOT_FOUND ("expired"), as do ended and unknown sessions.
+the START request and later FRAMES requests; prompts carry only points (or a frame-sized mask),
+and every propagation step is one small request answered with RLE masks, so steps of many sessions
+batch together in Triton (Oldest strategy). Requests of one session are serialised by a
+per-session lock. Triton's silent drop of an idle sequence surfaces as NOT_FOUND ("expired"), as do
+ended and unknown sessions. Mask and text prompts: `video_prompts.py`.
 """
 from __future__ import annotations
 
@@ -32,12 +33,13 @@ from segserve.triton_models.sam2_video_core import propagation_order
 from .errors import ServiceError, exhausted, invalid, not_found
 from .metrics import OPEN_SESSIONS, REQUEST_LATENCY, REQUESTS
 from .triton_pool import Replica, map_triton_error
+from .video_prompts import Detection, decode_mask, text_error, text_object_ids
 
 vpb, vpb_grpc = load_api("video")
 log = logging.getLogger("segserve.orchestrator.video")
 
 TRACKER_MODEL = "sam2_video_tracker"
-OP_FRAMES, OP_PROMPT, OP_STEP, OP_REMOVE, OP_INFO, OP_START_FRAME = range(6)
+OP_FRAMES, OP_PROMPT, OP_STEP, OP_REMOVE, OP_INFO, OP_START_FRAME, OP_GET_FRAME = range(7)
 PAD_LABEL = -10
 MAX_POINTS_PER_OBJECT = 64
 MAX_OBJECTS_PER_REQUEST = 64
@@ -143,6 +145,11 @@ class Tracker:
                            [int(i) for i in result.as_numpy("OUT_OBJ_IDS").reshape(-1)],
                            result.as_numpy("OBJECT_SCORES").reshape(-1),
                            [c.decode() for c in result.as_numpy("MASKS_RLE").reshape(-1)])
+
+    def frame(self, session: VideoSession, frame_index: int) -> np.ndarray:
+        result = self.call(session, OP_GET_FRAME, [_tensor("FRAME_INDEX", np.array([[frame_index]], np.int32), "INT32")],
+                           ["NUM_FRAMES", "FRAME"], what="frame_index")
+        return result.as_numpy("FRAME")[0]
 
     def end(self, session: VideoSession) -> None:
         try:
@@ -333,9 +340,14 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
                 raise
             return self._info(session)
 
-    def _object_prompt(self, obj, index: int, session: VideoSession) -> tuple[np.ndarray, np.ndarray]:
+    def _object_prompt(self, obj, index: int, session: VideoSession) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
+        """(coords in the model frame, labels), or a uint8 mask [H, W] for a mask prompt."""
         where = f"objects[{index}]"
         width, height = session.width, session.height
+        if obj.HasField("mask"):
+            if obj.points or obj.HasField("box"):  # as Sam2VideoProcessor: one or the other
+                raise invalid(f"{where}.mask", "cannot be combined with points or a box")
+            return decode_mask(obj.mask, f"{where}.mask", height, width)
         coords, labels = [], []
         if obj.HasField("box"):
             b = obj.box
@@ -362,11 +374,45 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
         model = sam2_transforms.to_model_coords(np.array(coords, np.float32), (height, width), self.image_size)
         return model, np.array(labels, np.int32)
 
+    @staticmethod
+    def _prompt_inputs(frame_index: int, ids: list[int], prompts: list) -> list:
+        """Tracker inputs: points padded to one length per object; mask prompts have only padding
+        labels and take MASKS in request order."""
+        points = [p for p in prompts if not isinstance(p, np.ndarray)]
+        masks = [p for p in prompts if isinstance(p, np.ndarray)]
+        longest = max([1, *(len(obj_labels) for _, obj_labels in points)])
+        coords = np.zeros((len(prompts), longest, 2), np.float32)
+        labels = np.full((len(prompts), longest), PAD_LABEL, np.int32)
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, np.ndarray):
+                coords[i, :len(prompt[1])], labels[i, :len(prompt[1])] = prompt
+        inputs = [_tensor("FRAME_INDEX", np.array([[frame_index]], np.int32), "INT32"),
+                  _tensor("OBJ_IDS", np.array([ids], np.int64), "INT64"),
+                  _tensor("POINT_COORDS", coords[None], "FP32"), _tensor("POINT_LABELS", labels[None], "INT32")]
+        if masks:
+            inputs.append(_tensor("MASKS", np.stack(masks)[None], "UINT8"))
+        return inputs
+
+    def _detect(self, session: VideoSession, request, ids: list[int]) -> list[Detection]:
+        """The text prompt's detections on the prompted frame, with their new object ids."""
+        prompt = request.text
+        text = self.service.text
+        try:
+            controls = text.controls(prompt)
+            frame = Tracker(session.replica).frame(session, request.frame_index)
+            found = text.detections(frame, controls)
+        except ServiceError as exc:
+            raise text_error(exc) from exc
+        new_ids = text_object_ids(prompt, len(found), session.object_ids, ids)
+        return [Detection(i, d["phrase"], float(d["score"]), tuple(float(v) for v in d["box"]))
+                for i, d in zip(new_ids, found)]
+
     @unary
     def AddPrompts(self, request, context):
         session = self._get(request.session_id)
-        if not request.objects:
-            raise invalid("objects", "give at least one object")
+        with_text = request.HasField("text")
+        if not request.objects and not with_text:
+            raise invalid("objects", "give at least one object (or a text prompt)")
         if len(request.objects) > MAX_OBJECTS_PER_REQUEST:
             raise exhausted("objects", f"at most {MAX_OBJECTS_PER_REQUEST} objects per request")
         ids = [o.object_id for o in request.objects]
@@ -375,30 +421,37 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
         if not 0 <= request.frame_index < session.num_frames:
             raise invalid("frame_index", f"{request.frame_index} is out of range: the session has {session.num_frames} frames")
         prompts = [self._object_prompt(o, i, session) for i, o in enumerate(request.objects)]
-        longest = max(len(obj_labels) for _, obj_labels in prompts)
-        coords = np.zeros((len(prompts), longest, 2), np.float32)
-        labels = np.full((len(prompts), longest), PAD_LABEL, np.int32)
-        for i, (obj_coords, obj_labels) in enumerate(prompts):
-            coords[i, :len(obj_labels)], labels[i, :len(obj_labels)] = obj_coords, obj_labels
-        inputs = [_tensor("FRAME_INDEX", np.array([[request.frame_index]], np.int32), "INT32"),
-                  _tensor("OBJ_IDS", np.array([ids], np.int64), "INT64"),
-                  _tensor("POINT_COORDS", coords[None], "FP32"), _tensor("POINT_LABELS", labels[None], "INT32")]
         with session.lock:
             try:
+                detections = self._detect(session, request, ids) if with_text else []
+                if len(ids) + len(detections) > MAX_OBJECTS_PER_REQUEST:
+                    raise exhausted("text.max_objects", f"at most {MAX_OBJECTS_PER_REQUEST} objects per request")
+                for d in detections:  # a box prompt each, as `segserve.v1.Box` would give
+                    corners = np.array([d.box[:2], d.box[2:]], np.float32)
+                    prompts.append((sam2_transforms.to_model_coords(corners, (session.height, session.width),
+                                                                    self.image_size), np.array([2, 3], np.int32)))
+                if not prompts:  # nothing detected, nothing else asked: the session stays as it was
+                    return vpb.FrameMasks(frame_index=request.frame_index)
+                inputs = self._prompt_inputs(request.frame_index, ids + [d.object_id for d in detections], prompts)
                 result = Tracker(session.replica).track(session, OP_PROMPT, inputs)
             except ServiceError as exc:
                 self._forget_if_gone(session, exc)
                 raise
-        return self._frame_message(session, result, request.mask_format)
+        return self._frame_message(session, result, request.mask_format, {d.object_id: d for d in detections})
 
-    def _frame_message(self, session: VideoSession, result: TrackResult, mask_format: int) -> "vpb.FrameMasks":
+    def _frame_message(self, session: VideoSession, result: TrackResult, mask_format: int,
+                       detections: dict[int, Detection] | None = None) -> "vpb.FrameMasks":
         from .service import _mask_message
 
         message = vpb.FrameMasks(frame_index=result.frame_index)
         for obj_id, score, counts in zip(result.object_ids, result.object_scores, result.rle_counts):
-            message.objects.append(vpb.ObjectMask(object_id=obj_id, object_score=float(score),
-                                                  mask=_mask_message(counts, session.height, session.width,
-                                                                     0.0, mask_format)))
+            obj = message.objects.add(object_id=obj_id, object_score=float(score),
+                                      mask=_mask_message(counts, session.height, session.width, 0.0, mask_format))
+            detection = (detections or {}).get(obj_id)
+            if detection is not None:
+                x0, y0, x1, y1 = detection.box
+                obj.phrase, obj.detection_score = detection.phrase, detection.score
+                obj.box.CopyFrom(pb.Box(x0=x0, y0=y0, x1=x1, y1=y1))
         return message
 
     @streaming

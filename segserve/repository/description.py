@@ -338,7 +338,7 @@ def grounding_models(config: dict[str, Any], options: dict[str, Any]) -> list[Mo
 # Key artifact of each family -> its models. A family is in the repository when its key artifact is
 # in the manifest.
 def sam2_video_models(config: dict[str, Any], options: dict[str, Any]) -> list[ModelSpec]:
-    """SAM 2 video tracking: the four graphs (served on their own in the fleet target) and the
+    """SAM 2 video tracking: the five graphs (served on their own in the fleet target) and the
     sequence-batched tracker that holds every session's memory bank (Oldest strategy, so steps of
     several sessions share an execute() call; the graphs run in-process with ONNX Runtime)."""
     from segserve.triton_models.sam2_video_core import GRAPH_NAMES
@@ -357,6 +357,7 @@ def sam2_video_models(config: dict[str, Any], options: dict[str, Any]) -> list[M
             Tensor("POINT_COORDS", "FP32", (-1, -1, 2), optional=True, ragged=True),
             Tensor("POINT_LABELS", "INT32", (-1, -1), optional=True, ragged=True),
             Tensor("REVERSE", "BOOL", (1,), optional=True),
+            Tensor("MASKS", "UINT8", (-1, -1, -1), optional=True, ragged=True),
         ],
         outputs=[
             Tensor("NUM_FRAMES", "INT32", (1,)),
@@ -365,6 +366,7 @@ def sam2_video_models(config: dict[str, Any], options: dict[str, Any]) -> list[M
             Tensor("OUT_OBJ_IDS", "INT64", (-1,)),
             Tensor("OBJECT_SCORES", "FP32", (-1,)),
             Tensor("MASKS_RLE", "STRING", (-1,)),
+            Tensor("FRAME", "UINT8", (-1, -1, 3)),
         ],
         max_batch_size=8,
         sequence=Sequence(idle_timeout_s=ttl_s, max_candidate_sequences=max_sessions),

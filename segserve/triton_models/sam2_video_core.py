@@ -1,7 +1,7 @@
 """SAM 2 video tracking state and step, in numpy + ONNX Runtime (no torch, no Triton).
 
 This is transformers' `Sam2VideoModel.forward` / `propagate_in_video_iterator` with its
-`Sam2VideoInferenceSession` state, rewritten over the four exported graphs
+`Sam2VideoInferenceSession` state, rewritten over the five exported graphs
 (`segserve/export/sam2_video.py`), rule for rule:
 
 - an object's output on a frame is a *conditioning* output when the frame got prompts before the
@@ -19,7 +19,10 @@ This is transformers' `Sam2VideoModel.forward` / `propagate_in_video_iterator` w
 - multimask output on initial conditioning frames (and on tracked frames when
   `multimask_output_for_tracking`) when the click count is within [min, max];
 - memory is encoded for every object computed on the frame in one batch, binarising the masks when
-  any of them came from clicks, and stored in bfloat16 precision.
+  any of them came from clicks (or a mask prompt), and stored in bfloat16 precision;
+- a mask prompt replaces the object's clicks on that frame (and clicks replace a mask), as the
+  processor does; the mask, resized to the model's square and thresholded as the processor does,
+  is the frame's output as it is (`_use_mask_as_output`), with no memory conditioning.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import numpy as np
 from segserve.common import sam2_transforms
 
 GRAPH_NAMES = ("sam2_video_image_encoder", "sam2_video_memory_attention", "sam2_video_decoder",
-               "sam2_video_memory_encoder")
+               "sam2_video_memory_encoder", "sam2_video_mask_prompt")
 
 
 def propagation_order(start: int, num_frames: int, reverse: bool, max_frames: int | None = None) -> list[int]:
@@ -87,6 +90,7 @@ class FrameOutput:
 class TrackedObject:
     obj_id: int
     points: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # frame -> coords [N,2], labels [N]
+    masks: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> {0, 1} float32 [S, S] (model square)
     cond: dict[int, FrameOutput] = field(default_factory=dict)
     non_cond: dict[int, FrameOutput] = field(default_factory=dict)
     tracked: dict[int, bool] = field(default_factory=dict)  # frame -> tracked in reverse
@@ -125,7 +129,7 @@ class FrameResult:
 
 
 class OrtGraphs:
-    """The four graphs in ONNX Runtime, from `<repository>/<name>/1/model.onnx` or explicit paths."""
+    """The graphs in ONNX Runtime, from `<repository>/<name>/1/model.onnx` or explicit paths."""
 
     def __init__(self, paths: dict[str, Path], threads: int = 0, optimization: str = "basic"):
         import onnxruntime as ort
@@ -190,23 +194,38 @@ class VideoTracker:
         session.frames.extend(np.ascontiguousarray(f, dtype=np.uint8) for f in frames)
         return len(session.frames)
 
-    def add_prompts(self, session: VideoSession, frame_idx: int, obj_ids: list[int],
-                    prompts: list[tuple[np.ndarray, np.ndarray]]) -> FrameResult:
-        """Points (model frame, boxes as corners labelled 2/3 first) for several objects on one frame;
-        replaces each object's earlier prompts on that frame, then runs the frame."""
+    def add_prompts(self, session: VideoSession, frame_idx: int, obj_ids: list[int], prompts: list) -> FrameResult:
+        """Per object, points (model frame, boxes as corners labelled 2/3 first) or a binary mask at the
+        frames' size, for several objects on one frame; replaces each object's earlier prompts on that
+        frame, then runs the frame."""
         self._check_frame(session, frame_idx)
         if len(set(obj_ids)) != len(obj_ids) or len(obj_ids) != len(prompts) or not obj_ids:
             raise TrackerError("INVALID_ARGUMENT", "give each object id once, with its prompt")
         new_ids = [i for i in obj_ids if session.object(i) is None]
         if len(session.objects) + len(new_ids) > self.max_objects:
             raise TrackerError("RESOURCE_EXHAUSTED", f"a session tracks at most {self.max_objects} objects")
-        for coords, labels in prompts:
+        converted = []
+        for obj_id, prompt in zip(obj_ids, prompts):
+            if isinstance(prompt, np.ndarray):
+                if prompt.shape != tuple(session.size):
+                    raise TrackerError("INVALID_ARGUMENT", f"the mask of object {obj_id} is {list(prompt.shape)}, "
+                                                           f"the frames are {list(session.size)}")
+                converted.append(sam2_transforms.mask_to_model(prompt != 0, self.image_size))
+                continue
+            coords, labels = prompt
             if coords.ndim != 2 or coords.shape[1] != 2 or labels.shape != coords.shape[:1] or len(labels) == 0:
                 raise TrackerError("INVALID_ARGUMENT", "each object needs points [N, 2] with N labels")
+            converted.append((coords.astype(np.float32), labels.astype(np.int32)))
         for obj_id in new_ids:
             session.objects.append(TrackedObject(obj_id))
-        for obj_id, (coords, labels) in zip(obj_ids, prompts):
-            session.object(obj_id).points[frame_idx] = (coords.astype(np.float32), labels.astype(np.int32))
+        for obj_id, prompt in zip(obj_ids, converted):
+            obj = session.object(obj_id)
+            if isinstance(prompt, np.ndarray):
+                obj.masks[frame_idx] = prompt
+                obj.points.pop(frame_idx, None)
+            else:
+                obj.points[frame_idx] = prompt
+                obj.masks.pop(frame_idx, None)
         session.new_inputs = list(obj_ids)
         return self.step(session, frame_idx)
 
@@ -223,6 +242,10 @@ class VideoTracker:
         if not frames:
             raise TrackerError("INVALID_ARGUMENT", "no prompts yet: add prompts on a frame before propagating")
         return min(frames)
+
+    def frame(self, session: VideoSession, frame_idx: int) -> np.ndarray:
+        self._check_frame(session, frame_idx)
+        return session.frames[frame_idx]
 
     def _check_frame(self, session: VideoSession, frame_idx: int) -> None:
         if not 0 <= frame_idx < len(session.frames):
@@ -245,17 +268,21 @@ class VideoTracker:
             if not has_new and frame_idx in obj.cond:
                 out, is_init = obj.cond[frame_idx], True
             else:
-                is_init, points = False, None
+                is_init, points, mask = False, None, None
                 if has_new:
                     is_init = frame_idx not in obj.tracked
                     if is_init:
                         reverse = False  # as transformers: also for the objects after this one
                     points = obj.points.get(frame_idx)
-                    if points is not None:
+                    mask = obj.masks.get(frame_idx)
+                    if points is not None or mask is not None:
                         session.new_inputs.remove(obj.obj_id)
-                out, high_res = self._single_frame(session, obj, frame_idx, is_init, points, reverse)
+                if mask is not None:
+                    out, high_res = self._mask_as_output(session, frame_idx, mask)
+                else:
+                    out, high_res = self._single_frame(session, obj, frame_idx, is_init, points, reverse)
                 (obj.cond if is_init else obj.non_cond)[frame_idx] = out
-                pending.append((out, high_res, points is not None))
+                pending.append((out, high_res, points is not None or mask is not None))
                 if not is_init:
                     tracked_outputs.append(out)
             if not is_init:
@@ -297,6 +324,15 @@ class VideoTracker:
         out = self.graphs.run("sam2_video_decoder", {
             "pix_feat": pix_feat, "feat_s0": feats["feat_s0"], "feat_s1": feats["feat_s1"],
             "point_coords": coords, "point_labels": labels, "multimask": np.array([1.0 if multimask else 0.0], np.float32)})
+        result = FrameOutput(np.array(out["low_res_mask"]), np.array(out["object_pointer"]),
+                             np.array(out["object_score_logits"]))
+        return result, out["high_res_mask"]
+
+    def _mask_as_output(self, session: VideoSession, frame_idx: int, mask: np.ndarray) -> tuple[FrameOutput, np.ndarray]:
+        """`_use_mask_as_output`: on the raw frame features, whatever the frame's memory."""
+        feats = self._features(session, frame_idx)
+        out = self.graphs.run("sam2_video_mask_prompt", {
+            "vision_feat": feats["vision_feat"], "mask": mask[None, None].astype(np.float32)})
         result = FrameOutput(np.array(out["low_res_mask"]), np.array(out["object_pointer"]),
                              np.array(out["object_score_logits"]))
         return result, out["high_res_mask"]

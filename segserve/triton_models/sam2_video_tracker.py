@@ -7,12 +7,16 @@ operation (OP):
 
   0 FRAMES   FRAMES [1, F, H, W, 3] uint8: append frames (the START request carries the first ones)
   1 PROMPT   FRAME_INDEX, OBJ_IDS [1, O], POINT_COORDS [1, O, N, 2] (model frame; labels -10 pad
-             shorter prompts), POINT_LABELS [1, O, N]: prompts, then run that frame
+             shorter prompts), POINT_LABELS [1, O, N]: prompts, then run that frame. An object
+             whose labels are all padding is a mask prompt: it takes the next of MASKS [1, K, H, W]
+             (uint8, nonzero = object, at the frames' size), in request order
   2 STEP     FRAME_INDEX, REVERSE: one propagation step (the orchestrator walks the frames, one
              request each, so steps of many sessions share execute() calls: Oldest batching)
   3 REMOVE   OBJ_IDS [1, 1]
   4 INFO     nothing (with END: close the session)
   5 START_FRAME  the default first frame of a propagation (earliest prompted frame)
+  6 GET_FRAME    FRAME_INDEX -> FRAME [1, H, W, 3]: the pixels of one frame (for a text prompt:
+             the orchestrator runs Grounding DINO on them rather than keeping a second copy)
 
 Every response carries NUM_FRAMES, FRAME_SIZE, OUT_OBJ_IDS; PROMPT and STEP also OUT_FRAME_INDEX,
 OBJECT_SCORES and MASKS_RLE (COCO RLE at the frames' size). Triton drops idle sequences silently,
@@ -31,7 +35,7 @@ from segserve.common import rle, sam2_transforms
 from segserve.triton_models.common import RequestError, error_response, optional_input, parameters, repository_root, scalar
 from segserve.triton_models.sam2_video_core import OrtGraphs, TrackerError, VideoSession, VideoTracker
 
-OP_FRAMES, OP_PROMPT, OP_STEP, OP_REMOVE, OP_INFO, OP_START_FRAME = range(6)
+OP_FRAMES, OP_PROMPT, OP_STEP, OP_REMOVE, OP_INFO, OP_START_FRAME, OP_GET_FRAME = range(7)
 PAD_LABEL = -10
 
 
@@ -112,6 +116,8 @@ class TritonPythonModel:
                 self.tracker.remove_object(session, int(ids.reshape(-1)[0]))
             elif op == OP_START_FRAME:
                 outputs["OUT_FRAME_INDEX"] = np.array([[self.tracker.start_frame(session)]], np.int32)
+            elif op == OP_GET_FRAME:
+                outputs["FRAME"] = self.tracker.frame(session, int(scalar(request, "FRAME_INDEX", -1)))[None]
         height, width = session.size
         outputs.update({
             "NUM_FRAMES": np.array([[len(session.frames)]], np.int32),
@@ -136,8 +142,17 @@ class TritonPythonModel:
         ids, coords, labels = ids.reshape(-1), coords[0], labels[0]
         if coords.ndim != 3 or coords.shape[2] != 2 or labels.shape != coords.shape[:2] or len(ids) != len(coords):
             raise RequestError("INVALID_ARGUMENT", "POINT_COORDS [O, N, 2], POINT_LABELS [O, N] and OBJ_IDS [O] must match")
+        masks = optional_input(request, "MASKS")
+        masks = list(masks[0]) if masks is not None else []
         prompts = []
         for obj_coords, obj_labels in zip(coords, labels):
             keep = obj_labels != PAD_LABEL
-            prompts.append((obj_coords[keep].astype(np.float32), obj_labels[keep].astype(np.int32)))
+            if keep.any():
+                prompts.append((obj_coords[keep].astype(np.float32), obj_labels[keep].astype(np.int32)))
+            elif masks:
+                prompts.append(np.asarray(masks.pop(0)))
+            else:
+                raise RequestError("INVALID_ARGUMENT", "an object without points needs a mask in MASKS")
+        if masks:
+            raise RequestError("INVALID_ARGUMENT", "more MASKS than objects without points")
         return self.tracker.add_prompts(session, int(scalar(request, "FRAME_INDEX", -1)), [int(i) for i in ids], prompts)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from segserve.v1 import segmentation_pb2 as segserve_dot_v1_dot_segmentation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17segserve/v1/video.proto\x12\x0bsegserve.v1\x1a\x1esegserve/v1/segmentation.proto\"6\n\x08RawFrame\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\x0b\n\x03rgb\x18\x03 \x01(\x0c\"F\n\x05\x46rame\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12$\n\x03raw\x18\x02 \x01(\x0b\x32\x15.segserve.v1.RawFrameH\x00\x42\x06\n\x04\x64\x61ta\"E\n\x0bVideoFrames\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\"\n\x06\x66rames\x18\x02 \x03(\x0b\x32\x12.segserve.v1.Frame\"\xaa\x01\n\x10VideoSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nnum_frames\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x12\n\nobject_ids\x18\x05 \x03(\x03\x12\x14\n\x0cidle_seconds\x18\x06 \x01(\x01\x12%\n\x05model\x18\x07 \x01(\x0b\x32\x16.segserve.v1.ModelInfo\"d\n\x0cObjectPrompt\x12\x11\n\tobject_id\x18\x01 \x01(\x03\x12\"\n\x06points\x18\x02 \x03(\x0b\x32\x12.segserve.v1.Point\x12\x1d\n\x03\x62ox\x18\x03 \x01(\x0b\x32\x10.segserve.v1.Box\"\x96\x01\n\x11\x41\x64\x64PromptsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_index\x18\x02 \x01(\x05\x12*\n\x07objects\x18\x03 \x03(\x0b\x32\x19.segserve.v1.ObjectPrompt\x12,\n\x0bmask_format\x18\x04 \x01(\x0e\x32\x17.segserve.v1.MaskFormat\"V\n\nObjectMask\x12\x11\n\tobject_id\x18\x01 \x01(\x03\x12\x14\n\x0cobject_score\x18\x02 \x01(\x02\x12\x1f\n\x04mask\x18\x03 \x01(\x0b\x32\x11.segserve.v1.Mask\"K\n\nFrameMasks\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x05\x12(\n\x07objects\x18\x02 \x03(\x0b\x32\x17.segserve.v1.ObjectMask\"\xc3\x01\n\x10PropagateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1e\n\x11start_frame_index\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07reverse\x18\x03 \x01(\x08\x12\x17\n\nmax_frames\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12,\n\x0bmask_format\x18\x05 \x01(\x0e\x32\x17.segserve.v1.MaskFormatB\x14\n\x12_start_frame_indexB\r\n\x0b_max_frames\"<\n\x13RemoveObjectRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\x03\"\'\n\x11\x45ndSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x14\n\x12\x45ndSessionResponse\"\x15\n\x13ListSessionsRequest\"G\n\x14ListSessionsResponse\x12/\n\x08sessions\x18\x01 \x03(\x0b\x32\x1d.segserve.v1.VideoSessionInfo2\xaa\x04\n\rVideoTracking\x12N\n\x11StartVideoSession\x12\x18.segserve.v1.VideoFrames\x1a\x1d.segserve.v1.VideoSessionInfo(\x01\x12\x46\n\tAddFrames\x12\x18.segserve.v1.VideoFrames\x1a\x1d.segserve.v1.VideoSessionInfo(\x01\x12\x45\n\nAddPrompts\x12\x1e.segserve.v1.AddPromptsRequest\x1a\x17.segserve.v1.FrameMasks\x12\x45\n\tPropagate\x12\x1d.segserve.v1.PropagateRequest\x1a\x17.segserve.v1.FrameMasks0\x01\x12O\n\x0cRemoveObject\x12 .segserve.v1.RemoveObjectRequest\x1a\x1d.segserve.v1.VideoSessionInfo\x12M\n\nEndSession\x12\x1e.segserve.v1.EndSessionRequest\x1a\x1f.segserve.v1.EndSessionResponse\x12S\n\x0cListSessions\x12 .segserve.v1.ListSessionsRequest\x1a!.segserve.v1.ListSessionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17segserve/v1/video.proto\x12\x0bsegserve.v1\x1a\x1esegserve/v1/segmentation.proto\"6\n\x08RawFrame\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\x0b\n\x03rgb\x18\x03 \x01(\x0c\"F\n\x05\x46rame\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12$\n\x03raw\x18\x02 \x01(\x0b\x32\x15.segserve.v1.RawFrameH\x00\x42\x06\n\x04\x64\x61ta\"E\n\x0bVideoFrames\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\"\n\x06\x66rames\x18\x02 \x03(\x0b\x32\x12.segserve.v1.Frame\"\xaa\x01\n\x10VideoSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nnum_frames\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x12\n\nobject_ids\x18\x05 \x03(\x03\x12\x14\n\x0cidle_seconds\x18\x06 \x01(\x01\x12%\n\x05model\x18\x07 \x01(\x0b\x32\x16.segserve.v1.ModelInfo\"\x85\x01\n\x0cObjectPrompt\x12\x11\n\tobject_id\x18\x01 \x01(\x03\x12\"\n\x06points\x18\x02 \x03(\x0b\x32\x12.segserve.v1.Point\x12\x1d\n\x03\x62ox\x18\x03 \x01(\x0b\x32\x10.segserve.v1.Box\x12\x1f\n\x04mask\x18\x04 \x01(\x0b\x32\x11.segserve.v1.Mask\"\xf5\x01\n\nTextPrompt\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1a\n\rbox_threshold\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x1b\n\x0etext_threshold\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x13\n\x0bmax_objects\x18\x04 \x01(\x05\x12\x1e\n\x11nms_iou_threshold\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x1c\n\x0f\x66irst_object_id\x18\x06 \x01(\x03H\x03\x88\x01\x01\x42\x10\n\x0e_box_thresholdB\x11\n\x0f_text_thresholdB\x14\n\x12_nms_iou_thresholdB\x12\n\x10_first_object_id\"\xbd\x01\n\x11\x41\x64\x64PromptsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_index\x18\x02 \x01(\x05\x12*\n\x07objects\x18\x03 \x03(\x0b\x32\x19.segserve.v1.ObjectPrompt\x12,\n\x0bmask_format\x18\x04 \x01(\x0e\x32\x17.segserve.v1.MaskFormat\x12%\n\x04text\x18\x05 \x01(\x0b\x32\x17.segserve.v1.TextPrompt\"\x9e\x01\n\nObjectMask\x12\x11\n\tobject_id\x18\x01 \x01(\x03\x12\x14\n\x0cobject_score\x18\x02 \x01(\x02\x12\x1f\n\x04mask\x18\x03 \x01(\x0b\x32\x11.segserve.v1.Mask\x12\x0e\n\x06phrase\x18\x04 \x01(\t\x12\x17\n\x0f\x64\x65tection_score\x18\x05 \x01(\x02\x12\x1d\n\x03\x62ox\x18\x06 \x01(\x0b\x32\x10.segserve.v1.Box\"K\n\nFrameMasks\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x05\x12(\n\x07objects\x18\x02 \x03(\x0b\x32\x17.segserve.v1.ObjectMask\"\xc3\x01\n\x10PropagateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1e\n\x11start_frame_index\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07reverse\x18\x03 \x01(\x08\x12\x17\n\nmax_frames\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12,\n\x0bmask_format\x18\x05 \x01(\x0e\x32\x17.segserve.v1.MaskFormatB\x14\n\x12_start_frame_indexB\r\n\x0b_max_frames\"<\n\x13RemoveObjectRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\x03\"\'\n\x11\x45ndSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x14\n\x12\x45ndSessionResponse\"\x15\n\x13ListSessionsRequest\"G\n\x14ListSessionsResponse\x12/\n\x08sessions\x18\x01 \x03(\x0b\x32\x1d.segserve.v1.VideoSessionInfo2\xaa\x04\n\rVideoTracking\x12N\n\x11StartVideoSession\x12\x18.segserve.v1.VideoFrames\x1a\x1d.segserve.v1.VideoSessionInfo(\x01\x12\x46\n\tAddFrames\x12\x18.segserve.v1.VideoFrames\x1a\x1d.segserve.v1.VideoSessionInfo(\x01\x12\x45\n\nAddPrompts\x12\x1e.segserve.v1.AddPromptsRequest\x1a\x17.segserve.v1.FrameMasks\x12\x45\n\tPropagate\x12\x1d.segserve.v1.PropagateRequest\x1a\x17.segserve.v1.FrameMasks0\x01\x12O\n\x0cRemoveObject\x12 .segserve.v1.RemoveObjectRequest\x1a\x1d.segserve.v1.VideoSessionInfo\x12M\n\nEndSession\x12\x1e.segserve.v1.EndSessionRequest\x1a\x1f.segserve.v1.EndSessionResponse\x12S\n\x0cListSessions\x12 .segserve.v1.ListSessionsRequest\x1a!.segserve.v1.ListSessionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,26 +40,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VIDEOFRAMES']._serialized_end=269
   _globals['_VIDEOSESSIONINFO']._serialized_start=272
   _globals['_VIDEOSESSIONINFO']._serialized_end=442
-  _globals['_OBJECTPROMPT']._serialized_start=444
-  _globals['_OBJECTPROMPT']._serialized_end=544
-  _globals['_ADDPROMPTSREQUEST']._serialized_start=547
-  _globals['_ADDPROMPTSREQUEST']._serialized_end=697
-  _globals['_OBJECTMASK']._serialized_start=699
-  _globals['_OBJECTMASK']._serialized_end=785
-  _globals['_FRAMEMASKS']._serialized_start=787
-  _globals['_FRAMEMASKS']._serialized_end=862
-  _globals['_PROPAGATEREQUEST']._serialized_start=865
-  _globals['_PROPAGATEREQUEST']._serialized_end=1060
-  _globals['_REMOVEOBJECTREQUEST']._serialized_start=1062
-  _globals['_REMOVEOBJECTREQUEST']._serialized_end=1122
-  _globals['_ENDSESSIONREQUEST']._serialized_start=1124
-  _globals['_ENDSESSIONREQUEST']._serialized_end=1163
-  _globals['_ENDSESSIONRESPONSE']._serialized_start=1165
-  _globals['_ENDSESSIONRESPONSE']._serialized_end=1185
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=1187
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=1208
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1210
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1281
-  _globals['_VIDEOTRACKING']._serialized_start=1284
-  _globals['_VIDEOTRACKING']._serialized_end=1838
+  _globals['_OBJECTPROMPT']._serialized_start=445
+  _globals['_OBJECTPROMPT']._serialized_end=578
+  _globals['_TEXTPROMPT']._serialized_start=581
+  _globals['_TEXTPROMPT']._serialized_end=826
+  _globals['_ADDPROMPTSREQUEST']._serialized_start=829
+  _globals['_ADDPROMPTSREQUEST']._serialized_end=1018
+  _globals['_OBJECTMASK']._serialized_start=1021
+  _globals['_OBJECTMASK']._serialized_end=1179
+  _globals['_FRAMEMASKS']._serialized_start=1181
+  _globals['_FRAMEMASKS']._serialized_end=1256
+  _globals['_PROPAGATEREQUEST']._serialized_start=1259
+  _globals['_PROPAGATEREQUEST']._serialized_end=1454
+  _globals['_REMOVEOBJECTREQUEST']._serialized_start=1456
+  _globals['_REMOVEOBJECTREQUEST']._serialized_end=1516
+  _globals['_ENDSESSIONREQUEST']._serialized_start=1518
+  _globals['_ENDSESSIONREQUEST']._serialized_end=1557
+  _globals['_ENDSESSIONRESPONSE']._serialized_start=1559
+  _globals['_ENDSESSIONRESPONSE']._serialized_end=1579
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=1581
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=1602
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1604
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1675
+  _globals['_VIDEOTRACKING']._serialized_start=1678
+  _globals['_VIDEOTRACKING']._serialized_end=2232
 # @@protoc_insertion_point(module_scope)

@@ -52,36 +52,62 @@ class VideoSessionInfo(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., num_frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., object_ids: _Optional[_Iterable[int]] = ..., idle_seconds: _Optional[float] = ..., model: _Optional[_Union[_segmentation_pb2.ModelInfo, _Mapping]] = ...) -> None: ...
 
 class ObjectPrompt(_message.Message):
-    __slots__ = ("object_id", "points", "box")
+    __slots__ = ("object_id", "points", "box", "mask")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
     object_id: int
     points: _containers.RepeatedCompositeFieldContainer[_segmentation_pb2.Point]
     box: _segmentation_pb2.Box
-    def __init__(self, object_id: _Optional[int] = ..., points: _Optional[_Iterable[_Union[_segmentation_pb2.Point, _Mapping]]] = ..., box: _Optional[_Union[_segmentation_pb2.Box, _Mapping]] = ...) -> None: ...
+    mask: _segmentation_pb2.Mask
+    def __init__(self, object_id: _Optional[int] = ..., points: _Optional[_Iterable[_Union[_segmentation_pb2.Point, _Mapping]]] = ..., box: _Optional[_Union[_segmentation_pb2.Box, _Mapping]] = ..., mask: _Optional[_Union[_segmentation_pb2.Mask, _Mapping]] = ...) -> None: ...
+
+class TextPrompt(_message.Message):
+    __slots__ = ("text", "box_threshold", "text_threshold", "max_objects", "nms_iou_threshold", "first_object_id")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    BOX_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TEXT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MAX_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    NMS_IOU_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FIRST_OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    box_threshold: float
+    text_threshold: float
+    max_objects: int
+    nms_iou_threshold: float
+    first_object_id: int
+    def __init__(self, text: _Optional[str] = ..., box_threshold: _Optional[float] = ..., text_threshold: _Optional[float] = ..., max_objects: _Optional[int] = ..., nms_iou_threshold: _Optional[float] = ..., first_object_id: _Optional[int] = ...) -> None: ...
 
 class AddPromptsRequest(_message.Message):
-    __slots__ = ("session_id", "frame_index", "objects", "mask_format")
+    __slots__ = ("session_id", "frame_index", "objects", "mask_format", "text")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
     MASK_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     frame_index: int
     objects: _containers.RepeatedCompositeFieldContainer[ObjectPrompt]
     mask_format: _segmentation_pb2.MaskFormat
-    def __init__(self, session_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., objects: _Optional[_Iterable[_Union[ObjectPrompt, _Mapping]]] = ..., mask_format: _Optional[_Union[_segmentation_pb2.MaskFormat, str]] = ...) -> None: ...
+    text: TextPrompt
+    def __init__(self, session_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., objects: _Optional[_Iterable[_Union[ObjectPrompt, _Mapping]]] = ..., mask_format: _Optional[_Union[_segmentation_pb2.MaskFormat, str]] = ..., text: _Optional[_Union[TextPrompt, _Mapping]] = ...) -> None: ...
 
 class ObjectMask(_message.Message):
-    __slots__ = ("object_id", "object_score", "mask")
+    __slots__ = ("object_id", "object_score", "mask", "phrase", "detection_score", "box")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     OBJECT_SCORE_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
+    PHRASE_FIELD_NUMBER: _ClassVar[int]
+    DETECTION_SCORE_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
     object_id: int
     object_score: float
     mask: _segmentation_pb2.Mask
-    def __init__(self, object_id: _Optional[int] = ..., object_score: _Optional[float] = ..., mask: _Optional[_Union[_segmentation_pb2.Mask, _Mapping]] = ...) -> None: ...
+    phrase: str
+    detection_score: float
+    box: _segmentation_pb2.Box
+    def __init__(self, object_id: _Optional[int] = ..., object_score: _Optional[float] = ..., mask: _Optional[_Union[_segmentation_pb2.Mask, _Mapping]] = ..., phrase: _Optional[str] = ..., detection_score: _Optional[float] = ..., box: _Optional[_Union[_segmentation_pb2.Box, _Mapping]] = ...) -> None: ...
 
 class FrameMasks(_message.Message):
     __slots__ = ("frame_index", "objects")

@@ -89,8 +89,9 @@ class VideoTrackingServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def AddPrompts(self, request, context):
-        """Points and/or a box per object on one frame; replaces that object's earlier prompts on the
-        frame and returns the masks of every tracked object on it.
+        """Points and/or a box, or a mask, per object on one frame, and/or a text prompt whose detections
+        on that frame become new objects; replaces each object's earlier prompts on the frame and
+        returns the masks of every tracked object on it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
