@@ -33,7 +33,7 @@ from transformers import Sam2VideoConfig, Sam2VideoModel
 from transformers.models.sam2_video.modeling_sam2_video import get_1d_sine_pe
 
 from .manifest import ArtifactRecord, Manifest, verify_checkpoint
-from .onnx_export import GraphSpec, Step, artifact_settings, export_artifact, log, random_checkpoint
+from .onnx_export import DEFAULT_OPSET, GraphSpec, Step, artifact_settings, export_artifact, log, random_checkpoint
 
 ENCODER = "sam2_video_image_encoder"
 MEMORY_ATTENTION = "sam2_video_memory_attention"
@@ -380,6 +380,15 @@ def _mask_prompt_case(model: Sam2VideoModel, seed: int, empty: bool = False) -> 
     }
 
 
+# The image encoder, as for images, is faster from the dynamo exporter at opset 20 (~25% at 512²
+# on CPU ORT, faster than eager); the small graphs keep the legacy exporter's dynamic shapes.
+EXPORTERS = {ENCODER: {"dynamo": True, "opset": 20}}
+
+
+def _exporter(name: str) -> dict[str, Any]:
+    return EXPORTERS.get(name, {"dynamo": False, "opset": DEFAULT_OPSET})
+
+
 def graph_specs(model: Sam2VideoModel) -> list[GraphSpec]:
     size = model.image_size
     encoder = GraphSpec(
@@ -389,6 +398,7 @@ def graph_specs(model: Sam2VideoModel) -> list[GraphSpec]:
         dynamic_axes={n: {0: "batch"} for n in ("pixel_values", "feat_s0", "feat_s1", "vision_feat",
                                                   "vision_feat_no_memory", "vision_pos")},
         parity_inputs=[{"pixel_values": torch.randn(1, 3, size, size, generator=_gen(1))}],
+        **_exporter(ENCODER),
     )
     attention = GraphSpec(
         name=MEMORY_ATTENTION, module=MemoryAttentionGraph(model),
@@ -463,7 +473,8 @@ def export_sam2_video(checkpoint: Path | None, out_dir: Path, expect_sha256: str
         checkpoint_sha = verify_checkpoint(checkpoint, expect_sha256)
     manifest = Manifest(out_dir)
     settings = {"family": "sam2_video", "random_size": random_size if random_weights else None}
-    if not force and all(manifest.reusable(n, checkpoint_sha, artifact_settings(settings)) for n in GRAPHS):
+    if not force and all(manifest.reusable(n, checkpoint_sha, artifact_settings(settings, _exporter(n)["opset"], _exporter(n)["dynamo"]))
+                            for n in GRAPHS):
         log("SAM 2 video graphs are up to date (cached by checkpoint hash and settings)")
         return {n: manifest.records[n] for n in GRAPHS}
     with Step(f"loading SAM 2 video from {checkpoint}"):
