@@ -14,10 +14,12 @@ The mix models an interactive annotation tool:
   image (`CloseImage` + `OpenImage`), and closes its image when it stops.
 - `CachedImageUser`: a stateless client that sends image bytes with every `MaskFromPrompt` (the
   orchestrator's embedding cache by content); it mostly stays on one image.
-- `PanopticUser`: whole-image `Segment` (mostly panoptic) when the server has Mask2Former
-  (`GetModelInfo` lists the family); removed from the mix otherwise.
-- Text-to-mask and video users are not served yet: see the TODO classes at the end (abstract,
-  never spawned).
+- `PanopticUser`: whole-image `Segment` (mostly panoptic) with Mask2Former.
+- `TextToMaskUser`: an occasional text query (`MaskFromPrompt` with `text`, sometimes `Detect`)
+  with Grounding DINO.
+- `VideoUser`: short tracking sessions (`StartVideoSession`, `AddPrompts`, the `Propagate` stream
+  read whole, `EndSession`) with SAM 2 video.
+Users whose model family the server does not list (`GetModelInfo`) are left out of the mix.
 
 Each call is reported to Locust's `events.request` under the RPC's name (request_type "grpc"),
 with the response's serialized size as the response length and the gRPC error as the exception.
@@ -44,7 +46,10 @@ from locust import User, between, events, task  # noqa: E402
 from locust.exception import StopUser  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from segserve.api import load as load_api  # noqa: E402
 from segserve.api import pb, pb_grpc  # noqa: E402
+
+vpb, vpb_grpc = load_api("video")
 
 log = logging.getLogger("segserve.loadtest")
 
@@ -128,14 +133,17 @@ class GrpcClient:
         self.stub = pb_grpc.SegmentationStub(self.channel)
         self.last_error: BaseException | None = None
 
-    def call(self, rpc: str, request, name: str | None = None, check=None):
-        """Call `rpc`, report it, and return the response (None when it failed).
+    def call(self, rpc: str, request, name: str | None = None, check=None, rpc_stub=None, stream: bool = False):
+        """Call `rpc` (on `rpc_stub`, default the Segmentation stub), report it, and return the
+        response (None when it failed); a server stream (`stream`) is read whole into a list.
 
         `check(response)` may return an error message: the call is then reported as a failure."""
         start = time.perf_counter()
         response, exception = None, None
         try:
-            response = getattr(self.stub, rpc)(request, timeout=RPC_TIMEOUT_S)
+            response = getattr(rpc_stub or self.stub, rpc)(request, timeout=RPC_TIMEOUT_S)
+            if stream:
+                response = list(response)
             problem = check(response) if check else None
             if problem:
                 exception = AssertionError(problem)
@@ -145,12 +153,18 @@ class GrpcClient:
         self.last_error = exception
         self.environment.events.request.fire(
             request_type="grpc", name=name or rpc, response_time=elapsed_ms,
-            response_length=response.ByteSize() if response is not None else 0,
+            response_length=_size(response),
             response=response, context={}, exception=exception)
         return None if exception is not None else response
 
     def close(self) -> None:
         self.channel.close()
+
+
+def _size(response) -> int:
+    if response is None:
+        return 0
+    return sum(m.ByteSize() for m in response) if isinstance(response, list) else response.ByteSize()
 
 
 def rpc_error_text(exc: BaseException) -> str:
@@ -175,6 +189,7 @@ def _objects(prompt: dict) -> int:
 
 class SegservUser(User):
     abstract = True
+    family = "sam2"  # the model family the user needs; users whose family is not served are dropped
     wait_time = between(0.2, 1.0)  # think time between clicks
 
     def on_start(self):
@@ -291,6 +306,7 @@ class PanopticUser(SegservUser):
     """Whole-image Segment (Mask2Former); removed from the mix when the server lacks it."""
 
     weight = 1
+    family = "mask2former"
     wait_time = between(1.0, 3.0)
 
     @task
@@ -309,25 +325,76 @@ class PanopticUser(SegservUser):
             raise StopUser()
 
 
-# ----------------------------------------------------------------------------- not served yet
-
-
 class TextToMaskUser(SegservUser):
-    """TODO(text-to-mask): once MaskFromPrompt serves `text` prompts (Grounding DINO -> SAM 2
-    ensemble), send `MaskFromPromptRequest(image=..., text="a cat . a cup .")` and set
-    `abstract = False` with a weight of about 1 (an occasional open-vocabulary query)."""
+    """An occasional open-vocabulary query: image bytes + text through the `text_to_mask` ensemble
+    (Grounding DINO -> SAM 2); now and then boxes only (`Detect`). Needs Grounding DINO."""
 
-    abstract = True
-    weight = 0
+    weight = 1
+    wait_time = between(1.0, 3.0)
+    family = "grounding_dino"
+    QUERIES = ("a person. a cup.", "a cat.", "a rocket. a flag. a helmet.", "an animal. a plant. a chair.")
+
+    @task(4)
+    def text_to_mask(self):
+        image = random.choice(test_images())
+        request = pb.MaskFromPromptRequest(image=image.data, text=random.choice(self.QUERIES), max_objects=5)
+        self.client.call("MaskFromPrompt", request, name="MaskFromPrompt[text]", check=self._check_objects)
+
+    @task(1)
+    def detect(self):
+        image = random.choice(test_images())
+        self.client.call("Detect", pb.DetectRequest(image=image.data, text=random.choice(self.QUERIES)))
+
+    @staticmethod
+    def _check_objects(response: pb.MaskFromPromptResponse) -> str | None:
+        if len(response.objects) > 5:
+            return f"max_objects 5, got {len(response.objects)}"
+        if any(not obj.phrase or not obj.masks for obj in response.objects):
+            return "a detected object without its phrase or mask"
+        return None
 
 
 class VideoUser(SegservUser):
-    """TODO(video): once video sessions are served, run StartVideoSession -> a few AddPrompts ->
-    Propagate (a server stream: report each frame, or the whole stream as one request) ->
-    EndSession, then set `abstract = False` with a small weight (long-lived, heavy sessions)."""
+    """A short tracking session: upload a clip, click an object (or two) on the first frame,
+    propagate (the whole server stream is reported as one `Propagate` request), end."""
 
-    abstract = True
-    weight = 0
+    weight = 1
+    wait_time = between(2.0, 5.0)
+    family = "sam2_video"
+    FRAMES = 6
+
+    def on_start(self):
+        super().on_start()
+        self.video = vpb_grpc.VideoTrackingStub(self.client.channel)
+
+    @task
+    def track(self):
+        frames, centres = video_clip(self.FRAMES)
+        height, width = frames.shape[1:3]
+        messages = [vpb.VideoFrames(frames=[vpb.Frame(raw=vpb.RawFrame(width=width, height=height, rgb=f.tobytes()))
+                                            for f in frames])]
+        info = self.client.call("StartVideoSession", iter(messages), rpc_stub=self.video,
+                                check=lambda r: None if r.num_frames == len(frames) else f"{r.num_frames} frames")
+        if info is None:
+            return
+        try:
+            objects = [vpb.ObjectPrompt(object_id=obj_id, points=[pb.Point(x=float(c[0][0]), y=float(c[0][1]), label=1)])
+                       for obj_id, c in list(centres.items())[:random.randint(1, 2)]]
+            self.client.call("AddPrompts", vpb.AddPromptsRequest(session_id=info.session_id, frame_index=0,
+                                                                 objects=objects), rpc_stub=self.video,
+                             check=lambda r: None if len(r.objects) == len(objects) else "objects missing")
+            self.client.call("Propagate", vpb.PropagateRequest(session_id=info.session_id), rpc_stub=self.video,
+                             stream=True, check=lambda frames_: None if len(frames_) == len(frames)
+                             else f"{len(frames_)} of {len(frames)} frames")
+        finally:
+            self.client.call("EndSession", vpb.EndSessionRequest(session_id=info.session_id), rpc_stub=self.video)
+
+
+@lru_cache(maxsize=4)
+def video_clip(frames: int):
+    from segserve.common.synthetic_video import moving_shapes
+
+    return moving_shapes(frames)
 
 
 # ----------------------------------------------------------------------------- the mix
@@ -348,12 +415,13 @@ def server_families(address: str) -> set[str] | None:
 
 @events.init.add_listener
 def _drop_unserved_users(environment, **_kwargs):
-    """Remove PanopticUser when the server has no Mask2Former (before any user is spawned)."""
-    if PanopticUser not in environment.user_classes:
-        return
+    """Remove users whose model family the server does not report (before any user is spawned)."""
     host = environment.host or os.environ.get("SEGSERVE_LOAD_HOST", "127.0.0.1:50051")
     families = server_families(host)
-    if families is not None and "mask2former" not in families and len(environment.user_classes) > 1:
-        log.info("server families %s: no Mask2Former, PanopticUser left out", sorted(families))
-        environment.user_classes.remove(PanopticUser)
-
+    if families is None:
+        return
+    unserved = [cls for cls in environment.user_classes if cls.family not in families]
+    if unserved and len(unserved) < len(environment.user_classes):
+        log.info("server families %s: leaving out %s", sorted(families), [cls.__name__ for cls in unserved])
+        for cls in unserved:
+            environment.user_classes.remove(cls)

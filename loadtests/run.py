@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import math
 import multiprocessing
@@ -50,13 +49,8 @@ EXPECTED_SERIES = {"orchestrator": ("segserve_request_latency_seconds",),
 
 
 def default_families() -> list[str]:
-    """SAM 2, plus Mask2Former once it is served (the same test as the demo's)."""
-    from segserve.export.families import FAMILIES
-
-    families = ["sam2"]
-    if "mask2former" in FAMILIES and importlib.util.find_spec("segserve.demo_panoptic") is not None:
-        families.append("mask2former")
-    return families
+    """Every served family: the mix has a user for each."""
+    return ["sam2", "mask2former", "grounding_dino", "sam2_video"]
 
 
 def _prepare(families: list[str], artifacts: str, repository: str, size: str) -> None:

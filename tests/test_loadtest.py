@@ -1,5 +1,5 @@
 """The Locust load test (`make load`) in miniature: 2 users for 10 s against the session's real
-embedded stack (SAM 2 only there, so the panoptic user drops itself), through loadtests/run.py."""
+embedded stack (SAM 2 only there, so the panoptic, text and video users drop out), through loadtests/run.py."""
 from __future__ import annotations
 
 import importlib.util
@@ -38,17 +38,22 @@ def test_no_request_failed(load_summary):
 
 
 def test_unserved_users_left_out(load_summary, stack):
-    """The session stack serves SAM 2 only: the locustfile asks GetModelInfo and drops PanopticUser."""
+    """The session stack serves SAM 2 only: the locustfile asks GetModelInfo and drops the users
+    whose family is missing (panoptic, text, video) before spawning any."""
     from segserve.client import SegservClient
 
     out, _ = load_summary
     with SegservClient(stack.address) as client:
         families = {m.family for m in client.model_info().models}
+    needs = {"PanopticUser": "mask2former", "TextToMaskUser": "grounding_dino", "VideoUser": "sam2_video"}
+    missing = [user for user, family in needs.items() if family not in families]
+    if not missing:
+        pytest.skip("this stack serves every family")
     log = (out / "locust.log").read_text()
-    if "mask2former" in families:
-        pytest.skip("this stack serves Mask2Former")
-    assert "PanopticUser left out" in log, log
-    assert '"PanopticUser"' not in log, log  # not among the spawned classes
+    left_out = next((line for line in log.splitlines() if "leaving out" in line), "")
+    for user in missing:
+        assert user in left_out, log
+        assert f'"{user}"' not in log, log  # not among the spawned classes
 
 
 def test_reports_written(load_summary):
