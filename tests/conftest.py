@@ -12,6 +12,16 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_num_threads(max(1, (os.cpu_count() or 2)))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Modules that run big PyTorch references next to the stack stay on one of the 2 shared cores
+    (`pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def sam2_artifacts(tmp_path_factory) -> Path:
     from segserve.export.sam2 import export_sam2

@@ -16,13 +16,7 @@ from segserve.common import grounding as g  # noqa: E402
 from segserve.export.grounding_dino import TINY_IMAGE_SIZE, random_grounding_checkpoint  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CI box has 2 shared cores: stay on one while this module runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SIZE = TINY_IMAGE_SIZE

@@ -17,13 +17,7 @@ from segserve.export.manifest import ChecksumMismatch, Manifest, sha256_checkpoi
 from segserve.export.onnx_export import ort_session  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CI box has 2 shared cores: stay on one while this module runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,21 +14,15 @@ os.environ.setdefault("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from tests import sam2_reference  # noqa: E402
+from tests.grounding_reference import grounding_detector  # noqa: E402
 
 CAPTION = "a person. red ball. the sky."
 IOU_MIN = 0.99
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CI box has 2 shared cores: stay on one while this module runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -72,32 +66,7 @@ def tclient(text_stack):
 @pytest.fixture(scope="module")
 def reference(text_artifacts, photo):
     """Grounding DINO in PyTorch on the processor's own letterbox of the photo, at the export size."""
-    from transformers import (AutoTokenizer, GroundingDinoForObjectDetection, GroundingDinoImageProcessorPil,
-                              GroundingDinoProcessor)
-
-    checkpoint = text_artifacts / "checkpoints" / "grounding-dino-random-tiny"
-    from segserve.export.manifest import Manifest
-
-    size = int(Manifest(text_artifacts).records["grounding_dino"].model_config["image_size"])
-    processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(),
-                                       tokenizer=AutoTokenizer.from_pretrained(checkpoint))
-    model = GroundingDinoForObjectDetection.from_pretrained(checkpoint).eval()
-    pixels = processor.image_processor(images=photo, size={"max_height": size, "max_width": size},
-                                       pad_size={"height": size, "width": size}, return_tensors="pt")
-    text = processor.tokenizer([CAPTION], return_tensors="pt")
-    with torch.no_grad():
-        outputs = model(**pixels, **text)
-    scores = torch.sigmoid(outputs.logits[0]).max(-1).values.sort(descending=True).values.numpy()
-
-    def detect(box_threshold: float, text_threshold: float):
-        result = processor.post_process_grounded_object_detection(
-            outputs, input_ids=text["input_ids"], threshold=box_threshold, text_threshold=text_threshold,
-            target_sizes=[photo.shape[:2]])[0]
-        order = torch.argsort(-result["scores"], stable=True)  # segserve returns best first
-        return (result["boxes"][order].numpy(), result["scores"][order].numpy(),
-                [result["text_labels"][i] for i in order])
-
-    return detect, scores
+    return grounding_detector(text_artifacts, photo, CAPTION)
 
 
 def _thresholds(scores: np.ndarray, count: int) -> float:

@@ -17,18 +17,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from segserve.common.synthetic_video import moving_shapes  # noqa: E402
+from tests.grounding_reference import grounding_detector  # noqa: E402
 from tests.sam2_video_reference import compare, run_reference, run_tracker  # noqa: E402
 
 HW = (96, 128)
 CAPTION = "a red disc. a blue square. the ground."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -219,30 +215,10 @@ def test_mask_prompt_png_and_bad_masks(client, clip):
 @pytest.fixture(scope="module")
 def grounding_reference(artifacts, clip):
     """Grounding DINO in PyTorch on frame 2, post-processed by GroundingDinoProcessor."""
-    from transformers import (AutoTokenizer, GroundingDinoForObjectDetection, GroundingDinoImageProcessorPil,
-                              GroundingDinoProcessor)
-
-    from segserve.export.manifest import Manifest
-
     frame = clip[0][2]
-    checkpoint = artifacts / "checkpoints" / "grounding-dino-random-tiny"
-    size = int(Manifest(artifacts).records["grounding_dino"].model_config["image_size"])
-    processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(),
-                                       tokenizer=AutoTokenizer.from_pretrained(checkpoint))
-    model = GroundingDinoForObjectDetection.from_pretrained(checkpoint).eval()
-    pixels = processor.image_processor(images=frame, size={"max_height": size, "max_width": size},
-                                       pad_size={"height": size, "width": size}, return_tensors="pt")
-    text = processor.tokenizer([CAPTION], return_tensors="pt")
-    with torch.no_grad():
-        outputs = model(**pixels, **text)
-    scores = torch.sigmoid(outputs.logits[0]).max(-1).values.sort(descending=True).values.numpy()
+    detect, scores = grounding_detector(artifacts, frame, CAPTION)
     box_threshold = float((scores[3] + scores[4]) / 2)  # four boxes, with a clear cut
-    result = processor.post_process_grounded_object_detection(
-        outputs, input_ids=text["input_ids"], threshold=box_threshold, text_threshold=0.25,
-        target_sizes=[frame.shape[:2]])[0]
-    order = torch.argsort(-result["scores"], stable=True)
-    return (box_threshold, result["boxes"][order].numpy(), result["scores"][order].numpy(),
-            [result["text_labels"][i] for i in order])
+    return (box_threshold, *detect(box_threshold, 0.25))
 
 
 def test_text_prompt_matches_reference(client, video_model, clip, grounding_reference):
