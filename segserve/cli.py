@@ -57,7 +57,10 @@ def cmd_build_repo(args) -> None:
 def _wait_forever(stop_callbacks) -> None:
     event = threading.Event()
     try:
-        event.wait()
+        # Wake up now and then: a signal the kernel hands to another thread (gRPC's, ORT's) only
+        # runs Python's handler once the main thread runs again; a bare wait() could sleep forever.
+        while not event.wait(0.5):
+            pass
     except KeyboardInterrupt:
         pass
     finally:

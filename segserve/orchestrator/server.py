@@ -78,5 +78,6 @@ def serve_forever(settings: Settings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    while not stop.wait(0.5):  # timed: the handler runs only when the main thread wakes up
+        pass
     running.stop()

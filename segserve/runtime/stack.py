@@ -1,6 +1,7 @@
 """The embedded stack in one object: Triton (subprocess) + orchestrator (in this process)."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +20,13 @@ class Stack:
     def address(self) -> str:
         return self.orchestrator.address
 
-    def stop(self) -> None:
-        try:
-            self.orchestrator.stop(grace_s=1.0)
-        finally:
-            self.triton.stop()
+    def stop(self, orchestrator_timeout_s: float = 20.0) -> None:
+        # Bounded: Triton is stopped even if ending sessions on it were to stall.
+        stopper = threading.Thread(target=self.orchestrator.stop, kwargs={"grace_s": 1.0},
+                                   name="segserve-orchestrator-stop", daemon=True)
+        stopper.start()
+        stopper.join(orchestrator_timeout_s)
+        self.triton.stop()
 
     def __enter__(self) -> "Stack":
         return self
