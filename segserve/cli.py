@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -55,14 +56,17 @@ def cmd_build_repo(args) -> None:
 
 
 def _wait_forever(stop_callbacks) -> None:
+    """Block until SIGINT (Ctrl-C) or SIGTERM (Kubernetes), then run the stop callbacks."""
     event = threading.Event()
+    # Installed explicitly: a process started in the background inherits SIGINT as ignored, and
+    # SIGTERM would otherwise kill without stopping Triton.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: event.set())
     try:
-        # Wake up now and then: a signal the kernel hands to another thread (gRPC's, ORT's) only
-        # runs Python's handler once the main thread runs again; a bare wait() could sleep forever.
+        # Timed: the handler runs only when the main thread wakes, and the kernel may hand the
+        # signal to another thread (gRPC's, ORT's).
         while not event.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
         for stop in stop_callbacks:
             stop()
