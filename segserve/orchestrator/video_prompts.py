@@ -33,33 +33,6 @@ class Detection:
     box: tuple[float, float, float, float]
 
 
-def _rle_runs(counts: str) -> list[int]:
-    """Run lengths of COCO's compressed counts string (pycocotools' `rleFrString`), refusing what
-    pycocotools would silently misread (it decodes "" or a truncated string to garbage)."""
-    runs: list[int] = []
-    pos = 0
-    while pos < len(counts):
-        value, shift, more = 0, 0, True
-        while more:
-            if pos >= len(counts):
-                raise ValueError("the counts string ends inside a number")
-            code = ord(counts[pos]) - 48
-            if not 0 <= code < 64:
-                raise ValueError(f"character {counts[pos]!r} is not in COCO's counts alphabet")
-            value |= (code & 0x1F) << (5 * shift)
-            more = bool(code & 0x20)
-            pos += 1
-            shift += 1
-            if not more and code & 0x10:
-                value |= -1 << (5 * shift)
-        if len(runs) > 2:
-            value += runs[-2]
-        if value < 0:
-            raise ValueError("a run length is negative")
-        runs.append(value)
-    return runs
-
-
 def decode_mask(message, where: str, height: int, width: int) -> np.ndarray:
     """`ObjectPrompt.mask` (rle or png) -> uint8 [H, W] (1 = object) at the frames' size."""
     has_rle, has_png = message.HasField("rle"), bool(message.png)
@@ -83,7 +56,7 @@ def decode_mask(message, where: str, height: int, width: int) -> np.ndarray:
     if size != [height, width]:
         raise invalid(f"{where}.rle.size", f"is {size}, the frames are [{height}, {width}] (height, width)")
     try:
-        runs = _rle_runs(message.rle.counts)
+        runs = rle_codec.runs(message.rle.counts)
     except ValueError as exc:
         raise invalid(f"{where}.rle.counts", str(exc)) from None
     if sum(runs) != height * width:
