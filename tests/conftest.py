@@ -12,6 +12,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_num_threads(max(1, (os.cpu_count() or 2)))
 
 
+# The id-signing key of the shared test stack: a second orchestrator given it serves the same ids.
+TEST_ID_KEY = "segserve-test-id-key-0123456789abcdef"
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Modules that run big PyTorch references next to the stack stay on one of the 2 shared cores
@@ -52,7 +56,7 @@ def stack(embedded_repository, tmp_path_factory):
     from segserve.orchestrator.settings import Settings
     from segserve.runtime.stack import start_stack
 
-    settings = Settings(max_image_sessions=8, embedding_cache_size=2, max_image_pixels=40_000_000)
+    settings = Settings(max_image_sessions=8, embedding_cache_size=2, max_image_pixels=40_000_000, id_key=TEST_ID_KEY)
     with start_stack(embedded_repository, tmp_path_factory.mktemp("triton"), settings) as running:
         yield running
 

@@ -9,25 +9,23 @@ The next batch is already decoding in Triton while this one is filtered.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 import numpy as np
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 
 from segserve.api import load
 from segserve.common import automask as amg
 from segserve.common.sam2_transforms import to_model_coords
 
 from .errors import ServiceError, exhausted, invalid
-from .metrics import REQUEST_LATENCY, REQUESTS
+from .rpc import CallScope, server_stream
 from .service import stage
-from .triton_pool import SESSION_MODEL, Replica, map_triton_error
+from .sessions import ImageSession
+from .triton_pool import SESSION_MODEL, Replica, tensor
 
 apb, apb_grpc = load("automask")
 log = logging.getLogger("segserve.orchestrator")
@@ -74,25 +72,20 @@ def parameters(message, max_points: int) -> amg.AutoMaskParams:
     return params
 
 
-def _tensor(name: str, array: np.ndarray, dtype: str) -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
-def decode_points(replica: Replica, sequence_id: int, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One decoder call for P single-point prompts (model frame [P, 2]) -> logits [P, 3, h, w], iou [P, 3]."""
+def decode_points(session: ImageSession, coords: np.ndarray, scope: CallScope,
+                  replica: Replica | None = None, sequence_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One decoder call for P single-point prompts (model frame [P, 2]) -> logits [P, 3, h, w], iou [P, 3].
+    On `session`, or on a crop's temporary sequence (`replica`, `sequence_id`)."""
     prompts = np.concatenate([coords[:, None, :], np.zeros((len(coords), 1, 2), np.float32)], axis=1)
     labels = np.tile(np.array([[1, -1]], np.int32), (len(coords), 1))
-    inputs = [_tensor("POINT_COORDS", prompts[None].astype(np.float32), "FP32"),
-              _tensor("POINT_LABELS", labels[None], "INT32"),
-              _tensor("MULTIMASK", np.array([[True]]), "BOOL")]
-    outputs = [grpcclient.InferRequestedOutput(n) for n in ("SCORES", "LOW_RES_LOGITS")]
-    try:
-        result = replica.client.infer(SESSION_MODEL, inputs, sequence_id=sequence_id, outputs=outputs,
-                                      client_timeout=replica.timeout_s)
-    except InferenceServerException as exc:
-        raise map_triton_error(exc, "image_id") from exc
+    inputs = [tensor("POINT_COORDS", prompts[None].astype(np.float32), "FP32"),
+              tensor("POINT_LABELS", labels[None], "INT32"),
+              tensor("MULTIMASK", np.array([[True]]), "BOOL")]
+    outputs = ["SCORES", "LOW_RES_LOGITS"]
+    if replica is None:
+        result = session.infer(inputs, outputs, scope)
+    else:
+        result = replica.infer(SESSION_MODEL, inputs, outputs, "image", scope, sequence_id)
     return result.as_numpy("LOW_RES_LOGITS")[0], result.as_numpy("SCORES")[0]
 
 
@@ -111,24 +104,13 @@ class AutoMaskService(apb_grpc.AutoMaskServicer):
         self.max_points = max_points
         self.decoder_calls = 0
 
+    @server_stream
     def GenerateMasks(self, request, context):
-        """Server stream; errors (also those raised mid-stream) end it with their status code."""
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            yield from self._generate(request)
-        except ServiceError as exc:
-            code = exc.code
-            context.abort(exc.code, exc.message)
-        except Exception as exc:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("GenerateMasks failed")
-            context.abort(code, f"internal error: {type(exc).__name__}: {exc}")
-        finally:
-            REQUEST_LATENCY.labels(method="GenerateMasks").observe(time.perf_counter() - start)
-            REQUESTS.labels(method="GenerateMasks", code=code.name).inc()
+        """Server stream; errors (also those raised mid-stream) end it with their status code, and
+        the work stops within one decoder batch when the client cancels or its deadline passes."""
+        yield from self._generate(request, CallScope(context))
 
-    def _generate(self, request):
+    def _generate(self, request, scope: CallScope):
         service = self.service
         service.model_info()
         source = request.WhichOneof("source")
@@ -137,24 +119,30 @@ class AutoMaskService(apb_grpc.AutoMaskServicer):
         if request.max_masks < 0:
             raise invalid("max_masks", "must be >= 0")
         params = parameters(request.parameters, self.max_points)
-        image = None
+        holder = {}
+
+        def decode():
+            holder["image"] = service._decode(request.image)
+            return holder["image"]
+
         if source == "image_id":
             if params.crop_n_layers > 0:
                 raise invalid("parameters.crop_n_layers", "crops need the image's pixels: send image bytes")
-            session = service.images.get(request.image_id)
+            leased = service.images.lease(request.image_id)
         else:
-            holder = {}
-
-            def decode():
-                holder["image"] = service._decode(request.image)
-                return holder["image"]
-
-            with stage("encode"):
-                session, _ = service.images.cached(request.image, decode)
+            leased = service.images.cached(request.image, decode, scope)
+        with leased as held:
+            session = held if source == "image_id" else held[0]
+            image = None
             if params.crop_n_layers > 0:
                 image = holder.get("image")
                 if image is None:
                     image = service._decode(request.image)
+            yield from self._run(request, params, session, image, scope)
+
+    def _run(self, request, params: amg.AutoMaskParams, session: ImageSession, image: np.ndarray | None,
+             scope: CallScope):
+        service = self.service
         height, width = session.height, session.width
         crops = amg.plan(height, width, params)
         points_total = sum(len(c.points) for c in crops)
@@ -163,58 +151,38 @@ class AutoMaskService(apb_grpc.AutoMaskServicer):
         calls = 0
         with ThreadPoolExecutor(max_workers=1) as prefetch:
             for crop in crops:
-                replica, sequence_id, temporary = session.replica, session.sequence_id, False
-                if crop.box != (0, 0, width, height):
-                    left, top, right, bottom = crop.box
-                    replica = service.pool.place()
-                    sequence_id = secrets.randbelow(2**63 - 1) + 1
-                    try:
-                        with stage("encode"):
-                            replica.open_session(sequence_id, np.ascontiguousarray(image[top:bottom, left:right]))
-                    except BaseException:
-                        service.pool.release(replica)
-                        raise
-                    temporary = True
-                try:
+                scope.check()
+                with self._crop_sequence(session, crop, image, scope) as (replica, sequence_id):
                     found = amg.Candidates()
                     model_xy = to_model_coords(crop.points, crop.size)
                     starts = list(range(0, len(crop.points), params.points_per_batch))
-                    pending = None
-                    for n, start in enumerate(starts):
-                        if pending is None:
-                            pending = prefetch.submit(decode_points, replica, sequence_id,
-                                                      model_xy[start:start + params.points_per_batch])
-                        try:
+
+                    def submit(first: int, points=model_xy, replica=replica, sequence_id=sequence_id):
+                        return prefetch.submit(decode_points, session, points[first:first + params.points_per_batch],
+                                               scope, replica, sequence_id)
+
+                    pending = submit(starts[0]) if starts else None
+                    try:
+                        for n, start in enumerate(starts):
                             logits, iou = pending.result()
-                        except ServiceError as exc:
-                            if exc.code == grpc.StatusCode.NOT_FOUND and not temporary:
-                                service.images.discard(session.image_id)
-                            raise
-                        calls += 1
-                        pending = None
-                        if n + 1 < len(starts):
-                            nxt = starts[n + 1]
-                            pending = prefetch.submit(decode_points, replica, sequence_id,
-                                                      model_xy[nxt:nxt + params.points_per_batch])
-                        with stage("automask_filter"):
-                            kept = amg.filter_batch(logits, iou, crop.points[start:start + params.points_per_batch],
-                                                    crop, (height, width), params)
-                        found.extend(kept)
-                        progress.points_done += len(iou)
-                        progress.candidates += len(kept)
-                        if request.stream:
-                            yield apb.GenerateMasksResponse(width=width, height=height, progress=_copy(progress))
-                    if pending is not None:
-                        pending.result()
-                finally:
-                    if temporary:
-                        try:
-                            replica.close_session(sequence_id)
-                        finally:
-                            service.pool.release(replica)
+                            calls += 1
+                            scope.check()  # the client is gone: stop within this batch
+                            pending = submit(starts[n + 1]) if n + 1 < len(starts) else None
+                            with stage("automask_filter"):
+                                kept = amg.filter_batch(logits, iou, crop.points[start:start + params.points_per_batch],
+                                                        crop, (height, width), params)
+                            found.extend(kept)
+                            progress.points_done += len(iou)
+                            progress.candidates += len(kept)
+                            if request.stream:
+                                yield apb.GenerateMasksResponse(width=width, height=height, progress=_copy(progress))
+                    finally:
+                        if pending is not None and not pending.cancel():
+                            _settle(pending)  # an abandoned prefetch finishes (or fails) before the END
                 per_crop.append(amg.crop_nms(found, params))
                 progress.crops_done += 1
         self.decoder_calls += calls
+        scope.check()
         with stage("automask_nms"):
             merged = amg.merge_crops(per_crop, params)
             if params.min_mask_region_area > 0:
@@ -233,6 +201,38 @@ class AutoMaskService(apb_grpc.AutoMaskServicer):
                 message.truncated = len(records) < len(merged)
                 message.model.CopyFrom(service._sam2_info())
             yield message
+
+    @contextlib.contextmanager
+    def _crop_sequence(self, session: ImageSession, crop, image: np.ndarray | None, scope: CallScope):
+        """(replica, sequence_id) to decode a crop on: the session itself for the whole image, else a
+        temporary sequence encoded from the crop's pixels and ended afterwards."""
+        height, width = session.height, session.width
+        if crop.box == (0, 0, width, height):
+            yield None, 0
+            return
+        pool = self.service.pool
+        left, top, right, bottom = crop.box
+        replica = pool.place()
+        sequence_id = secrets.randbelow(2**63 - 1) + 1
+        try:
+            try:
+                with stage("encode"):
+                    replica.open_session(sequence_id, np.ascontiguousarray(image[top:bottom, left:right]), scope)
+                yield replica, sequence_id
+            finally:
+                try:
+                    replica.close_session(sequence_id)
+                except ServiceError as exc:  # freed at the model's TTL anyway
+                    log.warning("ending a crop sequence failed (%s): %s", exc.code.name, exc.message)
+        finally:
+            pool.release(replica)
+
+
+def _settle(future) -> None:
+    try:
+        future.result()
+    except ServiceError as exc:  # the request already failed or was cancelled; this batch no longer matters
+        log.debug("abandoned decoder batch ended with %s", exc.code.name)
 
 
 def _copy(progress) -> "apb.AutoMaskProgress":

@@ -17,14 +17,14 @@ from typing import Callable
 
 import grpc
 import numpy as np
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 
 from segserve.api import pb
 from segserve.common import segments as seg
 
 from .errors import ServiceError, invalid
-from .triton_pool import TritonPool, map_triton_error
+from .model_info import checkpoint_name
+from .rpc import NO_SCOPE, CallScope
+from .triton_pool import TritonPool, tensor
 
 ENSEMBLE = "mask2former_segment"
 POSTPROCESS = "mask2former_postprocess"
@@ -48,33 +48,20 @@ def _model_info(info: dict) -> pb.ModelInfo:
     message = pb.ModelInfo(family="mask2former")
     entry = info.get("mask2former")
     if entry:
-        message.checkpoint = entry["checkpoint"] or ""
+        message.checkpoint = checkpoint_name(entry["checkpoint"])
         message.checkpoint_sha256 = entry["checkpoint_sha256"] or ""
         message.random_weights = bool(entry["random_weights"])
         message.artifact_sha256["mask2former"] = entry["sha256"]
     return message
 
 
-def _tensor(name: str, array: np.ndarray, dtype: str) -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
 _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
 
 
-def _triton_error(exc: InferenceServerException, what: str) -> ServiceError:
-    """A step's error comes back as "in ensemble 'x', CODE: message": map it by the step's code."""
-    message = exc.message() or str(exc)
-    if _ENSEMBLE_PREFIX.match(message):
-        exc = InferenceServerException(_ENSEMBLE_PREFIX.sub("", message), exc.status(), exc.debug_details())
-    return map_triton_error(exc, what)
-
-
-def _unknown_model(exc: InferenceServerException) -> bool:
-    message = (exc.message() or str(exc)).lower()
-    return "unknown model" in message or ("not found" in message and "model" in message)
+def ensemble_message(error: ServiceError) -> ServiceError:
+    """A step's refusal reads "in ensemble 'x', <message>": the client sees the step's message."""
+    field, sep, message = error.message.partition(": ")
+    return ServiceError(error.code, f"{field}{sep}{_ENSEMBLE_PREFIX.sub('', message)}")
 
 
 class Segmenter:
@@ -90,12 +77,11 @@ class Segmenter:
             if self._model is not None:
                 return self._model
         try:
-            config = self.pool.any().client.get_model_config(POSTPROCESS, as_json=True)["config"]
-        except InferenceServerException as exc:
-            if _unknown_model(exc):
+            params = self.pool.any().model_parameters(POSTPROCESS)
+        except ServiceError as exc:
+            if exc.code == grpc.StatusCode.UNIMPLEMENTED:
                 raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, NO_MODEL) from exc
-            raise map_triton_error(exc, "model") from exc
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+            raise
         model = SegmentModel(
             num_labels=int(params["num_labels"]),
             defaults={name: float(params.get(name, default)) for name, default in
@@ -106,7 +92,8 @@ class Segmenter:
             self._model = model
         return model
 
-    def segment(self, request: pb.SegmentRequest, decode: Callable[[bytes], np.ndarray]) -> pb.SegmentResponse:
+    def segment(self, request: pb.SegmentRequest, decode: Callable[[bytes], np.ndarray],
+                scope: CallScope = NO_SCOPE) -> pb.SegmentResponse:
         model = self.model()
         if request.task not in TASKS:
             raise invalid("task", f"unknown task {request.task}; use SEGMENT_TASK_PANOPTIC, _SEMANTIC or _INSTANCE")
@@ -126,21 +113,19 @@ class Segmenter:
         height, width = image.shape[:2]
         fuse = np.array([list(request.label_ids_to_fuse) or [-1]], dtype=np.int32)  # -1: padding, never empty
         inputs = [
-            _tensor("IMAGE", image[None], "UINT8"),
-            _tensor("TASK", np.array([[task.encode()]], dtype=object), "BYTES"),
-            *(_tensor(name.upper(), np.array([[thresholds[name]]], dtype=np.float32), "FP32") for name in THRESHOLDS),
-            _tensor("LABEL_IDS_TO_FUSE", fuse, "INT32"),
-            _tensor("LABEL_MAP_FORMAT", np.array([[request.label_map_format]], dtype=np.int32), "INT32"),
+            tensor("IMAGE", image[None], "UINT8"),
+            tensor("TASK", np.array([[task.encode()]], dtype=object), "BYTES"),
+            *(tensor(name.upper(), np.array([[thresholds[name]]], dtype=np.float32), "FP32") for name in THRESHOLDS),
+            tensor("LABEL_IDS_TO_FUSE", fuse, "INT32"),
+            tensor("LABEL_MAP_FORMAT", np.array([[request.label_map_format]], dtype=np.int32), "INT32"),
         ]
         replica = self.pool.place()
         try:
-            result = replica.client.infer(ENSEMBLE, inputs, outputs=[grpcclient.InferRequestedOutput("LABEL_MAP"),
-                                                                     grpcclient.InferRequestedOutput("SEGMENTS")],
-                                          client_timeout=replica.timeout_s)
-        except InferenceServerException as exc:
-            if _unknown_model(exc):
+            result = replica.infer(ENSEMBLE, inputs, ["LABEL_MAP", "SEGMENTS"], "image", scope)
+        except ServiceError as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:  # the ensemble's steps never refuse with NOT_FOUND
                 raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, NO_MODEL) from exc
-            raise _triton_error(exc, "image") from exc
+            raise ensemble_message(exc) from exc
         finally:
             self.pool.release(replica)
         document = json.loads(result.as_numpy("SEGMENTS").reshape(-1)[0])

@@ -1,47 +1,42 @@
 """Image sessions: image_id -> (Triton replica, sequence id), plus the embedding cache.
 
 Explicit sessions come from OpenImage and live until CloseImage or the idle TTL. Images sent as
-bytes to MaskFromPrompt open implicit sessions keyed by the bytes' sha256; those form an LRU cache
-of embeddings, so repeated prompts on the same picture skip the encoder.
+bytes open implicit sessions keyed by the bytes' sha256; those form an LRU cache of embeddings, so
+repeated prompts on the same picture skip the encoder.
 
-An image_id names its replica, sequence id and size, so any orchestrator replica can serve a
-session another one opened (no sticky load balancing needed). The 63-bit random sequence id is
-what makes an id unguessable; only replicas this orchestrator discovered itself are ever called.
+An image_id is signed (`ids.py`): it names its replica, sequence id and size, so any orchestrator
+replica sharing the key can serve a session another one opened, and nothing in it is used before
+the signature verifies. A session another replica opened is *adopted* only once Triton has answered
+for it, and never counts against this replica's cap (its opener counted it).
+
+Requests hold a lease on the session they use (`lease`, `cached`): eviction from the cache, the
+TTL and CloseImage never END a sequence while a lease is held; the END waits for the last one.
 """
 from __future__ import annotations
 
-import base64
+import contextlib
 import hashlib
+import logging
 import secrets
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import grpc
 import numpy as np
 
-from .errors import exhausted, not_found
-from .metrics import EMBEDDING_CACHE, OPEN_SESSIONS
-from .triton_pool import Replica, TritonPool
+from .errors import ServiceError, exhausted, not_found
+from .ids import IdSigner, SessionRef, quote
+from .metrics import EMBEDDING_CACHE, OPEN_SESSIONS, STAGE_LATENCY
+from .rpc import NO_SCOPE, CallScope
+from .triton_pool import SESSION_MODEL, Replica, TritonPool
+
+log = logging.getLogger("segserve.orchestrator.sessions")
+RESTARTED = "the Triton server holding it restarted, and its sessions were lost: open the image again"
 
 
-def encode_image_id(replica_url: str, sequence_id: int, height: int, width: int) -> str:
-    raw = f"1|{replica_url}|{sequence_id:x}|{height}|{width}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_image_id(image_id: str) -> tuple[str, int, int, int] | None:
-    try:
-        raw = base64.urlsafe_b64decode(image_id + "=" * (-len(image_id) % 4)).decode()
-        version, url, sequence, height, width = raw.split("|")
-        if version != "1":
-            return None
-        return url, int(sequence, 16), int(height), int(width)
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-@dataclass
+@dataclass(eq=False)
 class ImageSession:
     image_id: str
     sequence_id: int
@@ -49,151 +44,253 @@ class ImageSession:
     height: int
     width: int
     implicit: bool
-    last_used: float = field(default_factory=time.monotonic)
+    generation: int
     adopted: bool = False  # opened through another orchestrator replica
+    last_used: float = field(default_factory=time.monotonic)
+    leases: int = 0
+    retired: bool = False  # no longer reachable by id; ENDed when the last lease goes
+
+    def infer(self, inputs: list, outputs: list[str], scope: CallScope = NO_SCOPE):
+        """A request on this session's sequence (never START). Triton's answer must be for an image
+        of this session's size; a sequence Triton no longer holds is NOT_FOUND."""
+        try:
+            result = self.replica.infer(SESSION_MODEL, inputs, ["IMAGE_SIZE", *outputs], "image_id", scope,
+                                        self.sequence_id)
+        except ServiceError as exc:
+            # The session model never refuses a request the orchestrator validated; Triton's sequence
+            # batcher refuses one for a sequence it dropped (idle, or lost in a restart).
+            if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise not_found("image_id", "closed or expired (Triton no longer holds this session)") from exc
+            raise
+        size = tuple(int(v) for v in result.as_numpy("IMAGE_SIZE").reshape(-1))
+        if size != (self.height, self.width):
+            raise not_found("image_id", "does not match the session Triton holds under it")
+        return result
 
 
 class ImageSessions:
-    def __init__(self, pool: TritonPool, max_sessions: int, cache_size: int, ttl_s: float):
+    def __init__(self, pool: TritonPool, max_sessions: int, cache_size: int, ttl_s: float,
+                 signer: IdSigner | None = None):
         self.pool = pool
         self.max_sessions = max_sessions
         self.cache_size = cache_size
         self.ttl_s = ttl_s
+        self.signer = signer or IdSigner(secrets.token_bytes(32))
         self._lock = threading.Lock()
         self._sessions: dict[str, ImageSession] = {}
         self._cache: OrderedDict[str, str] = OrderedDict()  # image sha256 -> image_id (implicit)
         self._opening: dict[str, threading.Event] = {}
+        self._pending_opens = 0
         self._closed: OrderedDict[str, None] = OrderedDict()  # recently closed ids: NOT_FOUND, not adopted
 
-    def _gauge(self) -> None:
-        OPEN_SESSIONS.labels(kind="image").set(sum(not s.implicit for s in self._sessions.values()))
+    # ---- bookkeeping (callers hold self._lock) -------------------------------------------------
+    def _explicit_count(self) -> int:
+        return sum(not s.implicit and not s.adopted for s in self._sessions.values())
 
-    def _open(self, image: np.ndarray, implicit: bool) -> ImageSession:
+    def _gauge(self) -> None:
+        OPEN_SESSIONS.labels(kind="image").set(self._explicit_count())
+
+    def _retire_locked(self, session: ImageSession) -> ImageSession | None:
+        """Unreachable from now on; returns the session if its END may be sent now (no lease)."""
+        if self._sessions.get(session.image_id) is session:
+            del self._sessions[session.image_id]
+            if not session.adopted:
+                self.pool.release(session.replica)
+        session.retired = True
+        self._gauge()
+        return session if session.leases == 0 else None
+
+    def _expire_locked(self) -> list[ImageSession]:
+        now = time.monotonic()
+        stale = [s for s in self._sessions.values() if s.leases == 0 and now - s.last_used > self.ttl_s]
+        return [s for s in stale if self._retire_locked(s)]  # Triton drops them at the same idle time
+
+    def _end(self, sessions) -> None:
+        for session in sessions:
+            if session.adopted or session.generation != session.replica.generation:
+                continue  # its opener ends it, or it died with its Triton
+            try:
+                session.replica.close_session(session.sequence_id)
+            except ServiceError as exc:  # the replica frees it at its TTL anyway
+                log.warning("ending image session on %s failed (%s): %s", session.replica.url, exc.code.name,
+                            exc.message)
+
+    # ---- opening -------------------------------------------------------------------------------
+    def _open(self, image: np.ndarray, implicit: bool, scope: CallScope) -> ImageSession:
         replica = self.pool.place()
         sequence_id = secrets.randbelow(2**63 - 1) + 1
+        generation = replica.generation
+        start = time.perf_counter()
         try:
-            height, width = replica.open_session(sequence_id, image)
+            height, width = replica.open_session(sequence_id, image, scope)
+            STAGE_LATENCY.labels(stage="encode").observe(time.perf_counter() - start)
         except BaseException:
             self.pool.release(replica)
+            # Triton keeps a sequence slot after a failed START until its idle timeout: free it now.
+            with contextlib.suppress(ServiceError):
+                replica.close_session(sequence_id)
             raise
-        session = ImageSession(encode_image_id(replica.url, sequence_id, height, width), sequence_id, replica,
-                               height, width, implicit)
+        # The size signed into the id is the one Triton reports for the sequence.
+        image_id = self.signer.sign(SessionRef("image", replica.url, sequence_id, height, width))
+        return ImageSession(image_id, sequence_id, replica, height, width, implicit, generation)
+
+    def open(self, image: np.ndarray, scope: CallScope = NO_SCOPE) -> ImageSession:
+        with self._lock:
+            expired = self._expire_locked()
+            explicit = self._explicit_count() + self._pending_opens
+            if explicit >= self.max_sessions:
+                raise exhausted("image", f"{explicit} image sessions are open, the limit is {self.max_sessions}; "
+                                         "close some with CloseImage")
+            self._pending_opens += 1
+        self._end(expired)
+        try:
+            session = self._open(image, implicit=False, scope=scope)
+        finally:
+            with self._lock:
+                self._pending_opens -= 1
         with self._lock:
             self._sessions[session.image_id] = session
             self._gauge()
         return session
 
-    def open(self, image: np.ndarray) -> ImageSession:
-        with self._lock:
-            self._expire_locked()
-            explicit = sum(not s.implicit for s in self._sessions.values())
-            if explicit >= self.max_sessions:
-                raise exhausted("image", f"{explicit} image sessions are open, the limit is {self.max_sessions}; "
-                                         "close some with CloseImage")
-        return self._open(image, implicit=False)
+    # ---- use -----------------------------------------------------------------------------------
+    def _resolve_locked(self, image_id: str) -> ImageSession:
+        """The session an id names; an authentic id of another replica gives an unregistered session
+        that `lease` registers once Triton has answered for it."""
+        session = self._sessions.get(image_id)
+        if session is None:
+            ref = self.signer.verify(image_id, "image")
+            if ref is None:
+                raise not_found("image_id", f"{quote(image_id)} is not an image id issued by this service")
+            replica = self.pool.known(ref.replica_url)
+            if image_id in self._closed or replica is None:
+                raise not_found("image_id", f"{quote(image_id)} is not open (closed, expired or its Triton is gone)")
+            session = ImageSession(image_id, ref.sequence_id, replica, ref.height, ref.width, implicit=False,
+                                   generation=replica.generation, adopted=True)
+        elif session.generation != session.replica.generation:
+            self._retire_locked(session)
+            raise not_found("image_id", f"{quote(image_id)}: {RESTARTED}")
+        elif time.monotonic() - session.last_used > self.ttl_s:
+            self._retire_locked(session)
+            raise not_found("image_id", f"{quote(image_id)} expired after {self.ttl_s:.0f} s idle")
+        return session
 
-    def get(self, image_id: str) -> ImageSession:
+    @contextlib.contextmanager
+    def lease(self, image_id: str):
+        """The session of an image_id, held for the duration of the block. A NOT_FOUND from Triton
+        inside the block forgets the session (Triton no longer holds it)."""
         with self._lock:
-            session = self._sessions.get(image_id) or self._adopt_locked(image_id)
-            if session is None:
-                raise not_found("image_id", f"{image_id!r} is not open (never opened, closed or expired)")
-            if time.monotonic() - session.last_used > self.ttl_s:
-                self._drop_locked(session)
-                raise not_found("image_id", f"{image_id!r} expired after {self.ttl_s:.0f} s idle")
+            session = self._resolve_locked(image_id)
+            session.leases += 1
             session.last_used = time.monotonic()
-            return session
+        try:
+            yield session
+        except ServiceError as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
+                with self._lock:
+                    self._retire_locked(session)
+            raise
+        else:
+            with self._lock:
+                if session.adopted and not session.retired and image_id not in self._sessions:
+                    self._sessions[image_id] = session  # Triton answered for it: adopted
+        finally:
+            self._release(session)
 
-    def cached(self, data: bytes, decode) -> tuple[ImageSession, bool]:
-        """The implicit session for these image bytes; `decode()` runs only on a miss."""
+    def _release(self, session: ImageSession) -> None:
+        with self._lock:
+            session.leases -= 1
+            session.last_used = time.monotonic()
+            end_now = session.retired and session.leases == 0
+        if end_now:
+            self._end([session])
+
+    @contextlib.contextmanager
+    def cached(self, data: bytes, decode, scope: CallScope = NO_SCOPE):
+        """(session, hit) of the implicit session for these image bytes, leased for the block;
+        `decode()` runs only on a miss."""
         key = hashlib.sha256(data).hexdigest()
         while True:
             with self._lock:
-                self._expire_locked()
+                expired = self._expire_locked()
                 image_id = self._cache.get(key)
-                if image_id is not None and image_id in self._sessions:
+                session = self._sessions.get(image_id) if image_id else None
+                if session is not None and session.generation != session.replica.generation:
+                    self._retire_locked(session)  # lost with a restarted Triton: encode again
+                    session = None
+                if session is not None:
                     self._cache.move_to_end(key)
-                    session = self._sessions[image_id]
+                    session.leases += 1
                     session.last_used = time.monotonic()
-                    EMBEDDING_CACHE.labels(result="hit").inc()
-                    return session, True
+                    hit = True
+                    break
                 pending = self._opening.get(key)
                 if pending is None:
                     self._opening[key] = threading.Event()
+                    hit = False
                     break
+            self._end(expired)
             pending.wait()  # another request is encoding the same image
-        EMBEDDING_CACHE.labels(result="miss").inc()
+            scope.check()
+        self._end(expired)
+        if hit:
+            EMBEDDING_CACHE.labels(result="hit").inc()
+        else:
+            EMBEDDING_CACHE.labels(result="miss").inc()
+            try:
+                session = self._open(decode(), implicit=True, scope=scope)
+                with self._lock:
+                    session.leases += 1
+                    self._sessions[session.image_id] = session
+                    self._cache[key] = session.image_id
+                    evicted = []
+                    for old_key in list(self._cache):
+                        if len(self._cache) <= self.cache_size:
+                            break
+                        old = self._sessions.get(self._cache[old_key])
+                        if old is not None and old.leases > 0:
+                            continue  # in use: evicted later, once released
+                        del self._cache[old_key]
+                        if old is not None and self._retire_locked(old):
+                            evicted.append(old)
+                self._end(evicted)
+            finally:
+                with self._lock:
+                    self._opening.pop(key).set()
         try:
-            session = self._open(decode(), implicit=True)
-            evicted = []
-            with self._lock:
-                self._cache[key] = session.image_id
-                while len(self._cache) > self.cache_size:
-                    _, old_id = self._cache.popitem(last=False)
-                    if old := self._sessions.get(old_id):
-                        self._drop_locked(old)
-                        evicted.append(old)
-            for old in evicted:
-                self._end(old)
-            return session, False
+            yield session, hit
+        except ServiceError as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
+                with self._lock:
+                    self._retire_locked(session)
+            raise
         finally:
-            with self._lock:
-                self._opening.pop(key).set()
-
-    def discard(self, image_id: str) -> None:
-        """Forget a session Triton no longer holds (closed elsewhere, or dropped when idle)."""
-        with self._lock:
-            if session := self._sessions.get(image_id):
-                self._drop_locked(session)
-
-    def _adopt_locked(self, image_id: str) -> ImageSession | None:
-        """A session opened through another orchestrator replica; Triton knows whether it is live."""
-        if image_id in self._closed:
-            return None
-        decoded = decode_image_id(image_id)
-        replica = self.pool.known(decoded[0]) if decoded else None
-        if replica is None:
-            return None
-        session = ImageSession(image_id, decoded[1], replica, decoded[2], decoded[3], implicit=False, adopted=True)
-        self.pool.claim(replica)
-        self._sessions[image_id] = session
-        self._gauge()
-        return session
+            self._release(session)
 
     def close(self, image_id: str) -> None:
         with self._lock:
-            session = self._sessions.get(image_id) or self._adopt_locked(image_id)
-            if session is None or session.implicit:
-                raise not_found("image_id", f"{image_id!r} is not open (never opened, closed or expired)")
-            self._drop_locked(session)
+            session = self._resolve_locked(image_id)
+            if session.implicit:
+                raise not_found("image_id", f"{quote(image_id)} is not open (never opened, closed or expired)")
             self._closed[image_id] = None
             while len(self._closed) > 4096:
                 self._closed.popitem(last=False)
+            if session.adopted:
+                self._retire_locked(session)
+                end_now = None
+            else:
+                end_now = self._retire_locked(session)
         if session.adopted:
             session.replica.close_session(session.sequence_id, missing_ok=False)  # NOT_FOUND if not live
-        else:
-            self._end(session)
+        elif end_now:
+            self._end([end_now])
 
-    def _drop_locked(self, session: ImageSession) -> None:
-        self._sessions.pop(session.image_id, None)
-        self.pool.release(session.replica)
-        self._gauge()
-
-    def _expire_locked(self) -> None:
-        now = time.monotonic()
-        for session in [s for s in self._sessions.values() if now - s.last_used > self.ttl_s]:
-            self._drop_locked(session)  # Triton dropped the sequence at the same idle time
-
-    @staticmethod
-    def _end(session: ImageSession) -> None:
-        try:
-            session.replica.close_session(session.sequence_id)
-        except Exception:  # the replica frees it at its TTL anyway
-            pass
+    def held(self) -> int:
+        """Sessions this orchestrator tracks (opened here, cached or adopted)."""
+        with self._lock:
+            return len(self._sessions)
 
     def close_all(self) -> None:
         with self._lock:
-            sessions = list(self._sessions.values())
-            for session in sessions:
-                self._drop_locked(session)
-        for session in sessions:
-            self._end(session)
+            sessions = [s for s in list(self._sessions.values()) if self._retire_locked(s)]
+        self._end(sessions)

@@ -12,9 +12,9 @@ Rules (documented in the .proto):
 - Empty or whitespace-only text, text over 256 tokens (counted by the checkpoint's tokenizer inside
   Triton) and thresholds outside [0, 1] are INVALID_ARGUMENT naming the field; nothing detected is
   an empty result. The caption is tokenised by a direct call to `grounding_tokenize` before the
-  ensemble runs (see `_infer`), so no ensemble step fails on user input. Text that is not UTF-8 cannot reach this code: `text` is a proto3 `string`, and
-  gRPC's Python server refuses to parse such a message (INTERNAL "Exception deserializing request!",
-  before any handler runs; tested).
+  ensemble runs (see `_infer`), so no ensemble step fails on user input. Text that is not UTF-8
+  never reaches this code: the request deserializer (`wire.py`) marks it and the RPC answers
+  INVALID_ARGUMENT naming the field.
 """
 from __future__ import annotations
 
@@ -27,15 +27,16 @@ from typing import Callable
 import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 
 from segserve.api import pb
 from segserve.common.grounding import GroundingInputError, normalize_caption
 from segserve.common.text_to_mask import parse_detections
 
 from .errors import ServiceError, exhausted, invalid
-from .segment import _triton_error, _unknown_model
-from .triton_pool import TritonPool, map_triton_error
+from .model_info import checkpoint_name
+from .rpc import NO_SCOPE, CallScope
+from .segment import ensemble_message
+from .triton_pool import TritonPool, tensor
 
 TEXT_TO_MASK = "text_to_mask"
 DETECT = "grounding_detect"
@@ -60,7 +61,7 @@ def _model_info(info: dict) -> pb.ModelInfo:
     message = pb.ModelInfo(family="grounding_dino")
     entry = info.get("grounding_dino")
     if entry:
-        message.checkpoint = entry["checkpoint"] or ""
+        message.checkpoint = checkpoint_name(entry["checkpoint"])
         message.checkpoint_sha256 = entry["checkpoint_sha256"] or ""
     message.random_weights = any(bool(info[n]["random_weights"]) for n in
                                  ("grounding_dino", "sam2_image_encoder", "sam2_prompt_decoder") if n in info)
@@ -68,12 +69,6 @@ def _model_info(info: dict) -> pb.ModelInfo:
         if name in info:
             message.artifact_sha256[name] = info[name]["sha256"]
     return message
-
-
-def _tensor(name: str, array: np.ndarray, dtype: str) -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-    tensor.set_data_from_numpy(array)
-    return tensor
 
 
 def _box(values) -> pb.Box:
@@ -95,12 +90,11 @@ class TextPrompts:
             if self._model is not None:
                 return self._model
         try:
-            config = self.pool.any().client.get_model_config(SELECT, as_json=True)["config"]
-        except InferenceServerException as exc:
-            if _unknown_model(exc):
+            params = self.pool.any().model_parameters(SELECT)
+        except ServiceError as exc:
+            if exc.code == grpc.StatusCode.UNIMPLEMENTED:
                 raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, NO_MODEL.format(model="Grounding DINO")) from exc
-            raise map_triton_error(exc, "model") from exc
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+            raise
         model = TextModel(defaults={field: float(params[key]) for field, key in THRESHOLDS.items()},
                           max_objects=int(params["max_objects"]),
                           info=_model_info(json.loads(params.get("model_info") or "{}")))
@@ -132,11 +126,11 @@ class TextPrompts:
             raise exhausted("max_objects", f"{request.max_objects} exceeds the limit of {MAX_OBJECTS}")
         max_objects = request.max_objects or model.max_objects
         return [
-            _tensor("TEXT", np.array([request.text.encode("utf-8")], dtype=object), "BYTES"),
-            _tensor("BOX_THRESHOLD", np.array([values["box_threshold"]], np.float32), "FP32"),
-            _tensor("TEXT_THRESHOLD", np.array([values["text_threshold"]], np.float32), "FP32"),
-            _tensor("IOU_THRESHOLD", np.array([values["nms_iou_threshold"]], np.float32), "FP32"),
-            _tensor("MAX_OBJECTS", np.array([max_objects], np.int32), "INT32"),
+            tensor("TEXT", np.array([request.text.encode("utf-8")], dtype=object), "BYTES"),
+            tensor("BOX_THRESHOLD", np.array([values["box_threshold"]], np.float32), "FP32"),
+            tensor("TEXT_THRESHOLD", np.array([values["text_threshold"]], np.float32), "FP32"),
+            tensor("IOU_THRESHOLD", np.array([values["nms_iou_threshold"]], np.float32), "FP32"),
+            tensor("MAX_OBJECTS", np.array([max_objects], np.int32), "INT32"),
         ]
 
     @staticmethod
@@ -153,22 +147,20 @@ class TextPrompts:
 
     # ------------------------------------------------------------------ calls
 
-    def _infer(self, model_name: str, image: np.ndarray, controls: list, output: str) -> str:
-        inputs = [_tensor("IMAGE", np.ascontiguousarray(image), "UINT8"), *controls]
+    def _infer(self, model_name: str, image: np.ndarray, controls: list, output: str, scope: CallScope) -> str:
+        inputs = [tensor("IMAGE", np.ascontiguousarray(image), "UINT8"), *controls]
         replica = self.pool.place()
         try:
             # The caption is tokenised on its own first, so that a caption the ensemble would refuse
             # (over 256 tokens) fails here: Triton 2.51 leaks an in-flight count (and then waits
             # out its exit timeout) when an ensemble step fails while a parallel branch still runs.
-            replica.client.infer(TOKENIZE, [controls[0]], outputs=[grpcclient.InferRequestedOutput("INPUT_IDS")],
-                                 client_timeout=replica.timeout_s)
-            result = replica.client.infer(model_name, inputs, outputs=[grpcclient.InferRequestedOutput(output)],
-                                          client_timeout=replica.timeout_s)
-        except InferenceServerException as exc:
-            if _unknown_model(exc):
+            replica.infer(TOKENIZE, [controls[0]], ["INPUT_IDS"], "request", scope)
+            result = replica.infer(model_name, inputs, [output], "request", scope)
+        except ServiceError as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:  # no step refuses with NOT_FOUND: the model is missing
                 what = "SAM 2 and Grounding DINO" if model_name == TEXT_TO_MASK else "Grounding DINO"
                 raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, NO_MODEL.format(model=what)) from exc
-            error = _triton_error(exc, "request")
+            error = ensemble_message(exc)
             if error.code == grpc.StatusCode.INVALID_ARGUMENT:  # the step's message names the field
                 error = ServiceError(error.code, error.message.removeprefix("request: "))
             raise error from exc
@@ -176,14 +168,14 @@ class TextPrompts:
             self.pool.release(replica)
         return result.as_numpy(output).reshape(-1)[0]
 
-    def mask_from_prompt(self, request: pb.MaskFromPromptRequest,
-                         decode: Callable[[bytes], np.ndarray]) -> pb.MaskFromPromptResponse:
+    def mask_from_prompt(self, request: pb.MaskFromPromptRequest, decode: Callable[[bytes], np.ndarray],
+                         scope: CallScope = NO_SCOPE) -> pb.MaskFromPromptResponse:
         self._check_mask_request(request)
         model = self.model()
         controls = self._controls(request, model)
         image = decode(request.image)
         height, width = image.shape[:2]
-        document = json.loads(self._infer(TEXT_TO_MASK, image, controls, "OBJECTS"))
+        document = json.loads(self._infer(TEXT_TO_MASK, image, controls, "OBJECTS", scope))
         response = pb.MaskFromPromptResponse(width=width, height=height, model=model.info)
         for item in document["objects"]:
             obj = response.objects.add(object_score=item["object_score"], phrase=item["phrase"],
@@ -196,16 +188,18 @@ class TextPrompts:
         max_objects): the video API's TextPrompt."""
         return self._controls(prompt, self.model())
 
-    def detections(self, image: np.ndarray, controls: list[grpcclient.InferInput]) -> list[dict]:
+    def detections(self, image: np.ndarray, controls: list[grpcclient.InferInput],
+                   scope: CallScope = NO_SCOPE) -> list[dict]:
         """`grounding_detect` on RGB pixels: phrase, score, xyxy box (original pixels), best first."""
-        return parse_detections(self._infer(DETECT, image, controls, "DETECTIONS"))
+        return parse_detections(self._infer(DETECT, image, controls, "DETECTIONS", scope))
 
-    def detect(self, request: pb.DetectRequest, decode: Callable[[bytes], np.ndarray]) -> pb.DetectResponse:
+    def detect(self, request: pb.DetectRequest, decode: Callable[[bytes], np.ndarray],
+               scope: CallScope = NO_SCOPE) -> pb.DetectResponse:
         model = self.model()
         controls = self._controls(request, model)
         image = decode(request.image)
         height, width = image.shape[:2]
-        document = json.loads(self._infer(DETECT, image, controls, "DETECTIONS"))
+        document = json.loads(self._infer(DETECT, image, controls, "DETECTIONS", scope))
         response = pb.DetectResponse(width=width, height=height, model=model.info)
         for phrase, score, box in zip(document["phrases"], document["scores"], document["boxes"]):
             response.detections.add(phrase=phrase, score=score, box=_box(box))

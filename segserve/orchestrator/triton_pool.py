@@ -2,55 +2,65 @@
 
 A session lives in one Triton replica's model instance, so every session is pinned to the replica
 that opened it. Replicas are a fixed URL, or every address a headless Service resolves to.
-Triton errors are mapped to gRPC codes: the Python models prefix their messages with the code,
-and Triton's own "must specify the START flag" means it dropped an idle sequence.
+
+Every call goes through `Replica.infer`: bounded by the client's deadline, cancelled in Triton
+when the client goes away, and failures mapped to gRPC codes in one place (`map_triton_error`) by
+the status code Triton answered with (`segserve.common.status`), never by parsing its text.
 """
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from segserve.common import status
+
 from .errors import ServiceError
+from .rpc import NO_SCOPE, CallScope
 from .settings import Settings
 
 SESSION_MODEL = "sam2_image_session"
-_CODE_PREFIXES = {name: getattr(grpc.StatusCode, name) for name in
-                  ("INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED", "INTERNAL", "UNAVAILABLE")}
+log = logging.getLogger("segserve.orchestrator.triton")
 
 
-def _tensor(name: str, array: np.ndarray, dtype: str) -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-    tensor.set_data_from_numpy(array)
-    return tensor
+def tensor(name: str, array: np.ndarray, dtype: str) -> grpcclient.InferInput:
+    value = grpcclient.InferInput(name, list(array.shape), dtype)
+    value.set_data_from_numpy(array)
+    return value
 
 
-def map_triton_error(exc: InferenceServerException, what: str) -> ServiceError:
-    message = exc.message() or str(exc)
-    if "must specify the START flag" in message:
-        return ServiceError(grpc.StatusCode.NOT_FOUND,
-                            f"{what}: closed or expired (Triton no longer holds this session)")
-    for prefix, code in _CODE_PREFIXES.items():
-        if message.startswith(prefix + ":"):
-            return ServiceError(code, f"{what}: {message[len(prefix) + 1:].strip()}")
-    status = str(exc.status() or "")
-    if "UNAVAILABLE" in status or "failed to connect" in message.lower():
-        return ServiceError(grpc.StatusCode.UNAVAILABLE, f"Triton unavailable: {message}")
-    return ServiceError(grpc.StatusCode.INTERNAL, f"Triton error: {message}")
+def _status_name(exc: InferenceServerException) -> str:
+    """"StatusCode.NOT_FOUND" (tritonclient's form) -> "NOT_FOUND"."""
+    return str(exc.status() or "").rpartition(".")[2] or "UNKNOWN"
 
 
-@dataclass
-class PromptResult:
-    scores: np.ndarray  # [P, K]
-    object_scores: np.ndarray  # [P]
-    rle_counts: list[list[str]]  # [P][K]
-    low_res_logits: np.ndarray | None  # [P, K, 256, 256]
+def is_unknown_model(exc: InferenceServerException) -> bool:
+    """Triton answers NOT_FOUND for a model it does not serve; the stateless models never refuse
+    with NOT_FOUND themselves, so on their calls the code alone says the model is missing."""
+    return _status_name(exc) == "NOT_FOUND"
+
+
+def map_triton_error(exc: InferenceServerException, what: str, replica: "Replica | None" = None) -> ServiceError:
+    """The one mapping from a failed Triton call to the status this request ends with."""
+    name = _status_name(exc)
+    message = (exc.message() or str(exc))[:1000]
+    if name == "DEADLINE_EXCEEDED":
+        return ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, "Triton did not answer in time")
+    if name == "CANCELLED":
+        return ServiceError(grpc.StatusCode.CANCELLED, "the call was cancelled")
+    if name == "UNAVAILABLE" and (replica is None or not replica.answers()):
+        return ServiceError(grpc.StatusCode.UNAVAILABLE, "Triton is unavailable; try again shortly")
+    code = status.code_from_model(name)
+    if code == status.INTERNAL:
+        log.error("Triton failed on %s: %s %s", what, name, message)
+        return ServiceError(grpc.StatusCode.INTERNAL, f"{what}: the model failed ({message})")
+    return ServiceError(getattr(grpc.StatusCode, code), f"{what}: {message}")
 
 
 class Replica:
@@ -59,52 +69,79 @@ class Replica:
         self.timeout_s = timeout_s
         self.client = grpcclient.InferenceServerClient(url)
         self.sessions = 0
+        # Bumped when this Triton is known to have restarted: sessions of an older generation are gone.
+        self.generation = 0
 
-    def open_session(self, sequence_id: int, image: np.ndarray) -> tuple[int, int]:
+    def answers(self) -> bool:
+        """Whether the server itself is up: tells a model's capacity refusal (UNAVAILABLE from a live
+        server) from a server that cannot be reached (UNAVAILABLE from the transport)."""
         try:
-            result = self.client.infer(
-                SESSION_MODEL, [_tensor("IMAGE", image[None], "UINT8")], sequence_id=sequence_id,
-                sequence_start=True, outputs=[grpcclient.InferRequestedOutput("IMAGE_SIZE")],
-                client_timeout=self.timeout_s)
+            return bool(self.client.is_server_live(client_timeout=2.0))
+        except InferenceServerException:
+            return False
+
+    def infer(self, model: str, inputs: list, outputs: list[str], what: str, scope: CallScope = NO_SCOPE,
+              sequence_id: int = 0, start: bool = False, end: bool = False):
+        """One inference, ended early (and cancelled in Triton) when the RPC's client goes away."""
+        requested = [grpcclient.InferRequestedOutput(n) for n in outputs]
+        timeout = scope.timeout(self.timeout_s)
+        if scope.context is None:
+            try:
+                return self.client.infer(model, inputs, outputs=requested, sequence_id=sequence_id,
+                                         sequence_start=start, sequence_end=end, client_timeout=timeout)
+            except InferenceServerException as exc:
+                raise map_triton_error(exc, what, self) from exc
+        finished = threading.Event()
+        answer: dict = {}
+
+        def on_done(result, error):
+            answer["result"], answer["error"] = result, error
+            finished.set()
+
+        try:
+            call = self.client.async_infer(model, inputs, on_done, outputs=requested, sequence_id=sequence_id,
+                                           sequence_start=start, sequence_end=end, client_timeout=timeout)
         except InferenceServerException as exc:
-            raise map_triton_error(exc, "image") from exc
+            raise map_triton_error(exc, what, self) from exc
+        while not finished.wait(0.05):
+            if scope.done.is_set() and scope.gone_code() is not None:
+                call.cancel()  # Triton drops the request if it has not run yet
+                scope.check()
+        if answer["error"] is not None:
+            scope.check()  # a cancelled client explains the failure better than Triton's echo of it
+            raise map_triton_error(answer["error"], what, self) from answer["error"]
+        return answer["result"]
+
+    def open_session(self, sequence_id: int, image: np.ndarray, scope: CallScope = NO_SCOPE) -> tuple[int, int]:
+        result = self.infer(SESSION_MODEL, [tensor("IMAGE", image[None], "UINT8")], ["IMAGE_SIZE"], "image",
+                            scope, sequence_id, start=True)
         height, width = result.as_numpy("IMAGE_SIZE").reshape(-1)
         return int(height), int(width)
-
-    def prompt(self, sequence_id: int, coords: np.ndarray, labels: np.ndarray, mask: np.ndarray | None,
-               multimask: bool, want_logits: bool) -> PromptResult:
-        inputs = [_tensor("POINT_COORDS", coords[None], "FP32"), _tensor("POINT_LABELS", labels[None], "INT32"),
-                  _tensor("MULTIMASK", np.array([[multimask]]), "BOOL")]
-        if mask is not None:
-            inputs.append(_tensor("MASK_INPUT", mask, "FP32"))
-        names = ["SCORES", "OBJECT_SCORE", "MASKS_RLE"] + (["LOW_RES_LOGITS"] if want_logits else [])
-        try:
-            result = self.client.infer(SESSION_MODEL, inputs, sequence_id=sequence_id,
-                                       outputs=[grpcclient.InferRequestedOutput(n) for n in names],
-                                       client_timeout=self.timeout_s)
-        except InferenceServerException as exc:
-            raise map_triton_error(exc, "image_id") from exc
-        counts = [[c.decode() for c in row] for row in result.as_numpy("MASKS_RLE")[0]]
-        return PromptResult(result.as_numpy("SCORES")[0], result.as_numpy("OBJECT_SCORE")[0], counts,
-                            result.as_numpy("LOW_RES_LOGITS")[0] if want_logits else None)
 
     def close_session(self, sequence_id: int, missing_ok: bool = True) -> None:
         """END the sequence; with `missing_ok`, one Triton already dropped counts as closed."""
         try:
-            self.client.infer(SESSION_MODEL, [], sequence_id=sequence_id, sequence_end=True,
-                              outputs=[grpcclient.InferRequestedOutput("IMAGE_SIZE")], client_timeout=self.timeout_s)
-        except InferenceServerException as exc:
-            error = map_triton_error(exc, "image_id")
-            if error.code != grpc.StatusCode.NOT_FOUND or not missing_ok:
-                raise error from exc
+            self.infer(SESSION_MODEL, [], ["IMAGE_SIZE"], "image_id", sequence_id=sequence_id, end=True)
+        except ServiceError as error:
+            gone = error.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+            if not (gone and missing_ok):
+                raise
 
-    def session_parameters(self) -> dict[str, str]:
-        """The session model's parameters: model info and the idle TTL Triton enforces."""
+    def model_parameters(self, model: str) -> dict[str, str]:
+        """A model's config parameters; UNIMPLEMENTED when this Triton does not serve the model."""
         try:
-            config = self.client.get_model_config(SESSION_MODEL, as_json=True)["config"]
+            config = self.client.get_model_config(model, as_json=True, client_timeout=10.0)["config"]
         except InferenceServerException as exc:
-            raise map_triton_error(exc, "model") from exc
+            if is_unknown_model(exc):
+                raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, f"this server's model repository has no {model}") from exc
+            raise map_triton_error(exc, "model", self) from exc
         return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+
+    def server_version(self) -> str:
+        try:
+            return self.client.get_server_metadata(client_timeout=10.0).version
+        except InferenceServerException as exc:
+            raise map_triton_error(exc, "model", self) from exc
 
     def close(self) -> None:
         self.client.close()
@@ -139,6 +176,10 @@ class TritonPool:
                 self._replicas[url] = Replica(url, self.settings.triton_timeout_s)
         self._resolved_at = time.monotonic()
 
+    def replicas(self) -> list[Replica]:
+        with self._lock:
+            return list(self._replicas.values())
+
     def place(self) -> Replica:
         """The least-loaded replica, claimed: the caller releases it when done (or the session ends)."""
         with self._lock:
@@ -162,6 +203,14 @@ class TritonPool:
         with self._lock:
             replica.sessions = max(0, replica.sessions - 1)
 
+    def triton_restarted(self, url: str) -> None:
+        """The Triton at `url` came back from a restart: every session it held is gone."""
+        with self._lock:
+            replica = self._replicas.get(url)
+            if replica is not None:
+                replica.generation += 1
+        log.warning("Triton %s restarted: its sessions are lost", url)
+
     def any(self) -> Replica:
         with self._lock:
             if not self._replicas:
@@ -169,5 +218,5 @@ class TritonPool:
             return next(iter(self._replicas.values()))
 
     def close(self) -> None:
-        for replica in self._replicas.values():
+        for replica in self.replicas():
             replica.close()

@@ -10,7 +10,6 @@ ended and unknown sessions. Mask and text prompts: `video_prompts.py`.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -21,8 +20,6 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 
 from segserve.api import load as load_api
 from segserve.api import pb
@@ -31,8 +28,12 @@ from segserve.common.image import ImageError, decode_image
 from segserve.triton_models.sam2_video_core import propagation_order
 
 from .errors import ServiceError, exhausted, invalid, not_found
-from .metrics import OPEN_SESSIONS, REQUEST_LATENCY, REQUESTS
-from .triton_pool import Replica, map_triton_error
+from .ids import SessionRef, quote
+from .metrics import OPEN_SESSIONS
+from .model_info import checkpoint_name
+from .rpc import NO_SCOPE, CallScope, server_stream, unary
+from .triton_pool import Replica, tensor
+from .service import check_mask_format
 from .video_prompts import Detection, decode_mask, text_error, text_object_ids
 
 vpb, vpb_grpc = load_api("video")
@@ -43,55 +44,6 @@ OP_FRAMES, OP_PROMPT, OP_STEP, OP_REMOVE, OP_INFO, OP_START_FRAME, OP_GET_FRAME 
 PAD_LABEL = -10
 MAX_POINTS_PER_OBJECT = 64
 MAX_OBJECTS_PER_REQUEST = 64
-
-
-def _tensor(name: str, array: np.ndarray, dtype: str) -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
-def _observe(name: str, start: float, code: grpc.StatusCode) -> None:
-    REQUEST_LATENCY.labels(method=name).observe(time.perf_counter() - start)
-    REQUESTS.labels(method=name, code=code.name).inc()
-
-
-def unary(method):
-    @functools.wraps(method)
-    def wrapper(self, request, context):
-        start, code = time.perf_counter(), grpc.StatusCode.OK
-        try:
-            return method(self, request, context)
-        except ServiceError as exc:
-            code = exc.code
-            context.abort(exc.code, exc.message)
-        except Exception as exc:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("%s failed", method.__name__)
-            context.abort(code, f"internal error: {type(exc).__name__}: {exc}")
-        finally:
-            _observe(method.__name__, start, code)
-
-    return wrapper
-
-
-def streaming(method):
-    @functools.wraps(method)
-    def wrapper(self, request, context):
-        start, code = time.perf_counter(), grpc.StatusCode.OK
-        try:
-            yield from method(self, request, context)
-        except ServiceError as exc:
-            code = exc.code
-            context.abort(exc.code, exc.message)
-        except Exception as exc:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("%s failed", method.__name__)
-            context.abort(code, f"internal error: {type(exc).__name__}: {exc}")
-        finally:
-            _observe(method.__name__, start, code)
-
-    return wrapper
 
 
 @dataclass
@@ -111,52 +63,69 @@ class VideoSession:
     width: int = 0
     num_frames: int = 0
     object_ids: list[int] = field(default_factory=list)
+    generation: int = 0  # of its replica when opened: a restarted Triton lost the session
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_used: float = field(default_factory=time.monotonic)
+
+
+class SessionGone(ServiceError):
+    def __init__(self, message: str):
+        super().__init__(grpc.StatusCode.NOT_FOUND, message)
 
 
 class Tracker:
     """Calls to the tracker model of one replica."""
 
-    def __init__(self, replica: Replica):
+    def __init__(self, replica: Replica, scope: CallScope = NO_SCOPE):
         self.replica = replica
+        self.scope = scope
 
     def call(self, session: VideoSession, op: int, inputs: list, outputs: list[str], start: bool = False,
              end: bool = False, what: str = "session_id"):
-        inputs = [_tensor("OP", np.array([[op]], np.int32), "INT32"), *inputs]
+        """One tracker operation. The tracker answers NOT_FOUND only for a session it does not hold
+        (the orchestrator checks object ids itself), so NOT_FOUND always names the session."""
+        inputs = [tensor("OP", np.array([[op]], np.int32), "INT32"), *inputs]
         try:
-            result = self.replica.client.infer(
-                TRACKER_MODEL, inputs, sequence_id=session.sequence_id, sequence_start=start, sequence_end=end,
-                outputs=[grpcclient.InferRequestedOutput(n) for n in outputs], client_timeout=self.replica.timeout_s)
-        except InferenceServerException as exc:
-            raise map_triton_error(exc, what) from exc
+            result = self.replica.infer(TRACKER_MODEL, inputs, outputs, what, self.scope, session.sequence_id,
+                                        start=start, end=end)
+        except ServiceError as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
+                raise SessionGone(f"session_id: {quote(session.session_id)} is no longer held by Triton "
+                                  "(expired, or lost when Triton restarted)") from exc
+            raise
         session.num_frames = int(result.as_numpy("NUM_FRAMES").reshape(-1)[0]) if "NUM_FRAMES" in outputs else session.num_frames
         if "OUT_OBJ_IDS" in outputs:
             session.object_ids = [int(i) for i in result.as_numpy("OUT_OBJ_IDS").reshape(-1)]
         return result
 
     def frames(self, session: VideoSession, frames: np.ndarray, start: bool) -> None:
-        self.call(session, OP_FRAMES, [_tensor("FRAMES", frames[None], "UINT8")], ["NUM_FRAMES", "FRAME_SIZE", "OUT_OBJ_IDS"],
+        self.call(session, OP_FRAMES, [tensor("FRAMES", frames[None], "UINT8")], ["NUM_FRAMES", "FRAME_SIZE", "OUT_OBJ_IDS"],
                   start=start, what="frames")
 
-    def track(self, session: VideoSession, op: int, inputs: list) -> TrackResult:
-        result = self.call(session, op, inputs, ["NUM_FRAMES", "OUT_OBJ_IDS", "OUT_FRAME_INDEX", "OBJECT_SCORES", "MASKS_RLE"])
+    def track(self, session: VideoSession, op: int, inputs: list, what: str = "session_id") -> TrackResult:
+        result = self.call(session, op, inputs, ["NUM_FRAMES", "OUT_OBJ_IDS", "OUT_FRAME_INDEX", "OBJECT_SCORES",
+                                                 "MASKS_RLE"], what=what)
         return TrackResult(int(result.as_numpy("OUT_FRAME_INDEX").reshape(-1)[0]),
                            [int(i) for i in result.as_numpy("OUT_OBJ_IDS").reshape(-1)],
                            result.as_numpy("OBJECT_SCORES").reshape(-1),
                            [c.decode() for c in result.as_numpy("MASKS_RLE").reshape(-1)])
 
     def frame(self, session: VideoSession, frame_index: int) -> np.ndarray:
-        result = self.call(session, OP_GET_FRAME, [_tensor("FRAME_INDEX", np.array([[frame_index]], np.int32), "INT32")],
+        result = self.call(session, OP_GET_FRAME, [tensor("FRAME_INDEX", np.array([[frame_index]], np.int32), "INT32")],
                            ["NUM_FRAMES", "FRAME"], what="frame_index")
         return result.as_numpy("FRAME")[0]
 
     def end(self, session: VideoSession) -> None:
+        """END the sequence; one Triton no longer holds (or never started) counts as ended. Never raises:
+        a failure is logged, and the tracker frees the session at its TTL anyway."""
         try:
             self.call(session, OP_INFO, [], ["NUM_FRAMES"], end=True)
+        except SessionGone:
+            pass  # already gone: ending it is done
         except ServiceError as exc:
-            if exc.code != grpc.StatusCode.NOT_FOUND:
-                raise
+            if exc.code != grpc.StatusCode.INVALID_ARGUMENT:  # Triton's answer for a never-started sequence
+                log.warning("ending video session %s failed (%s): %s", quote(session.session_id), exc.code.name,
+                            exc.message)
 
 
 class VideoService(vpb_grpc.VideoTrackingServicer):
@@ -168,19 +137,18 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
         self._sessions: dict[str, VideoSession] = {}
         self._ended: dict[str, None] = {}
         self._params: dict[str, str] | None = None
+        self.signer = service.images.signer  # one key for every id this orchestrator issues
 
     # ---- configuration from the tracker model ------------------------------------------
     def params(self) -> dict[str, str]:
         if self._params is None:
-            replica = self.pool.any()
             try:
-                config = replica.client.get_model_config(TRACKER_MODEL, as_json=True)["config"]
-            except InferenceServerException as exc:
-                if "unknown model" in (exc.message() or "").lower() or "not found" in (exc.message() or "").lower():
+                self._params = self.pool.any().model_parameters(TRACKER_MODEL)
+            except ServiceError as exc:
+                if exc.code == grpc.StatusCode.UNIMPLEMENTED:
                     raise ServiceError(grpc.StatusCode.UNIMPLEMENTED,
                                        "this server's model repository has no SAM 2 video tracker") from exc
-                raise map_triton_error(exc, "model") from exc
-            self._params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+                raise
         return self._params
 
     @property
@@ -195,7 +163,7 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
         params = self.params()
         config = json.loads(params.get("video_config", "{}"))
         info = json.loads(params.get("model_info") or "{}")
-        message = pb.ModelInfo(family="sam2_video", checkpoint=str(config.get("checkpoint", "")),
+        message = pb.ModelInfo(family="sam2_video", checkpoint=checkpoint_name(config.get("checkpoint")),
                                random_weights=bool(config.get("random_weights", False)))
         for name, entry in sorted(info.items()):
             if name.startswith("sam2_video_"):
@@ -223,17 +191,23 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
     def _get(self, session_id: str) -> VideoSession:
         if not session_id:
             raise invalid("session_id", "is required")
+        if self.signer.verify(session_id, "video") is None:
+            raise not_found("session_id", f"{quote(session_id)} is not a video session id issued by this service")
         with self._lock:
             self._expire_locked()
             session = self._sessions.get(session_id)
             if session is None:
-                state = "ended or expired" if session_id in self._ended else "unknown"
-                raise not_found("session_id", f"{session_id!r} is not open ({state})")
+                state = "ended or expired" if session_id in self._ended else "not held by this orchestrator"
+                raise not_found("session_id", f"{quote(session_id)} is not open ({state})")
+            if session.generation != session.replica.generation:
+                self._drop_locked(session)
+                raise not_found("session_id", f"{quote(session_id)}: the Triton server holding it restarted, and "
+                                              "its sessions were lost: start the session again")
             session.last_used = time.monotonic()
             return session
 
     def _forget_if_gone(self, session: VideoSession, exc: ServiceError) -> None:
-        if exc.code == grpc.StatusCode.NOT_FOUND and "Triton no longer holds" in exc.message:
+        if isinstance(exc, SessionGone):
             with self._lock:
                 self._drop_locked(session)
 
@@ -247,7 +221,9 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
                 self.pool.release(replica)
                 raise exhausted("session", f"{held} video sessions are open on every replica, the limit is "
                                            f"{max_per_replica}; end some with EndSession")
-            session = VideoSession("vs-" + secrets.token_urlsafe(12), secrets.randbelow(2**63 - 1) + 1, replica)
+            sequence_id = secrets.randbelow(2**63 - 1) + 1
+            session_id = self.signer.sign(SessionRef("video", replica.url, sequence_id, 0, 0))
+            session = VideoSession(session_id, sequence_id, replica, generation=replica.generation)
             self._sessions[session.session_id] = session  # reserved; removed again if START fails
             self._gauge()
             return session
@@ -310,11 +286,8 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
             except BaseException:
                 with self._lock:
                     self._drop_locked(session)
-                if session.num_frames:
-                    try:
-                        Tracker(session.replica).end(session)
-                    except Exception:  # freed at its TTL anyway
-                        pass
+                # Also after a refused START: Triton keeps the sequence slot until its idle timeout otherwise.
+                Tracker(session.replica).end(session)
                 raise
             return self._info(session)
 
@@ -354,6 +327,8 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
             values = [b.x0, b.y0, b.x1, b.y1]
             if not all(math.isfinite(v) for v in values):
                 raise invalid(f"{where}.box", "must be finite numbers")
+            if not (0 <= b.x0 <= width and 0 <= b.x1 <= width and 0 <= b.y0 <= height and 0 <= b.y1 <= height):
+                raise invalid(f"{where}.box", f"({b.x0}, {b.y0}, {b.x1}, {b.y1}) lies outside the {width}x{height} frame")
             if b.x1 < b.x0 or b.y1 < b.y0:
                 raise invalid(f"{where}.box", "needs x0 <= x1 and y0 <= y1")
             coords += [(b.x0, b.y0), (b.x1, b.y1)]
@@ -386,21 +361,21 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, np.ndarray):
                 coords[i, :len(prompt[1])], labels[i, :len(prompt[1])] = prompt
-        inputs = [_tensor("FRAME_INDEX", np.array([[frame_index]], np.int32), "INT32"),
-                  _tensor("OBJ_IDS", np.array([ids], np.int64), "INT64"),
-                  _tensor("POINT_COORDS", coords[None], "FP32"), _tensor("POINT_LABELS", labels[None], "INT32")]
+        inputs = [tensor("FRAME_INDEX", np.array([[frame_index]], np.int32), "INT32"),
+                  tensor("OBJ_IDS", np.array([ids], np.int64), "INT64"),
+                  tensor("POINT_COORDS", coords[None], "FP32"), tensor("POINT_LABELS", labels[None], "INT32")]
         if masks:
-            inputs.append(_tensor("MASKS", np.stack(masks)[None], "UINT8"))
+            inputs.append(tensor("MASKS", np.stack(masks)[None], "UINT8"))
         return inputs
 
-    def _detect(self, session: VideoSession, request, ids: list[int]) -> list[Detection]:
+    def _detect(self, session: VideoSession, request, ids: list[int], scope: CallScope) -> list[Detection]:
         """The text prompt's detections on the prompted frame, with their new object ids."""
         prompt = request.text
         text = self.service.text
         try:
             controls = text.controls(prompt)
-            frame = Tracker(session.replica).frame(session, request.frame_index)
-            found = text.detections(frame, controls)
+            frame = Tracker(session.replica, scope).frame(session, request.frame_index)
+            found = text.detections(frame, controls, scope)
         except ServiceError as exc:
             raise text_error(exc) from exc
         new_ids = text_object_ids(prompt, len(found), session.object_ids, ids)
@@ -409,7 +384,9 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
 
     @unary
     def AddPrompts(self, request, context):
+        scope = CallScope(context)
         session = self._get(request.session_id)
+        check_mask_format(request.mask_format)
         with_text = request.HasField("text")
         if not request.objects and not with_text:
             raise invalid("objects", "give at least one object (or a text prompt)")
@@ -423,7 +400,7 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
         prompts = [self._object_prompt(o, i, session) for i, o in enumerate(request.objects)]
         with session.lock:
             try:
-                detections = self._detect(session, request, ids) if with_text else []
+                detections = self._detect(session, request, ids, scope) if with_text else []
                 if len(ids) + len(detections) > MAX_OBJECTS_PER_REQUEST:
                     raise exhausted("text.max_objects", f"at most {MAX_OBJECTS_PER_REQUEST} objects per request")
                 for d in detections:  # a box prompt each, as `segserve.v1.Box` would give
@@ -433,7 +410,7 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
                 if not prompts:  # nothing detected, nothing else asked: the session stays as it was
                     return vpb.FrameMasks(frame_index=request.frame_index)
                 inputs = self._prompt_inputs(request.frame_index, ids + [d.object_id for d in detections], prompts)
-                result = Tracker(session.replica).track(session, OP_PROMPT, inputs)
+                result = Tracker(session.replica, scope).track(session, OP_PROMPT, inputs, what="objects")
             except ServiceError as exc:
                 self._forget_if_gone(session, exc)
                 raise
@@ -454,13 +431,17 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
                 obj.box.CopyFrom(pb.Box(x0=x0, y0=y0, x1=x1, y1=y1))
         return message
 
-    @streaming
+    @server_stream
     def Propagate(self, request, context):
+        """One tracker step per frame; when the client cancels or its deadline passes, the step in
+        flight is cancelled in Triton and no further frame is tracked."""
+        scope = CallScope(context)
         session = self._get(request.session_id)
         if request.HasField("max_frames") and request.max_frames < 1:
             raise invalid("max_frames", "must be at least 1")
+        check_mask_format(request.mask_format)
         with session.lock:
-            tracker = Tracker(session.replica)
+            tracker = Tracker(session.replica, scope)
             try:
                 if request.HasField("start_frame_index"):
                     start = request.start_frame_index
@@ -473,10 +454,9 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
                 order = propagation_order(start, session.num_frames, request.reverse,
                                           request.max_frames if request.HasField("max_frames") else None)
                 for frame_index in order:
-                    if not context.is_active():
-                        return
-                    inputs = [_tensor("FRAME_INDEX", np.array([[frame_index]], np.int32), "INT32"),
-                              _tensor("REVERSE", np.array([[request.reverse]], bool), "BOOL")]
+                    scope.check()
+                    inputs = [tensor("FRAME_INDEX", np.array([[frame_index]], np.int32), "INT32"),
+                              tensor("REVERSE", np.array([[request.reverse]], bool), "BOOL")]
                     result = tracker.track(session, OP_STEP, inputs)
                     session.last_used = time.monotonic()
                     yield self._frame_message(session, result, request.mask_format)
@@ -488,8 +468,10 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
     def RemoveObject(self, request, context):
         session = self._get(request.session_id)
         with session.lock:
+            if request.object_id not in session.object_ids:
+                raise not_found("object_id", f"{request.object_id} is not tracked in this session")
             try:
-                Tracker(session.replica).call(session, OP_REMOVE, [_tensor("OBJ_IDS", np.array([[request.object_id]], np.int64), "INT64")],
+                Tracker(session.replica).call(session, OP_REMOVE, [tensor("OBJ_IDS", np.array([[request.object_id]], np.int64), "INT64")],
                                               ["NUM_FRAMES", "OUT_OBJ_IDS"], what="object_id")
             except ServiceError as exc:
                 self._forget_if_gone(session, exc)
@@ -518,10 +500,7 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
             for session in sessions:
                 self._drop_locked(session)
         for session in sessions:
-            try:
-                Tracker(session.replica).end(session)
-            except Exception:
-                pass
+            Tracker(session.replica).end(session)
 
 
 def add_to_server(service, server) -> VideoService:

@@ -1,0 +1,123 @@
+"""The error boundary of every RPC: status codes, metrics, cancellation.
+
+Each servicer method is wrapped by `unary` or `server_stream`: a `ServiceError` ends the call with
+its code and message, anything else is a bug (logged with its traceback, answered INTERNAL), and the
+call is counted by method and final code. A call whose client cancelled or whose deadline passed is
+counted as CANCELLED or DEADLINE_EXCEEDED, whatever the handler was doing at the time.
+
+`CallScope` is what long work checks between steps (a batch of automatic masks, a video frame,
+a Triton call): it knows whether the client is still there, and how long it is still willing to
+wait, so the orchestrator never works for a client that went away.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+
+import grpc
+
+from .errors import ServiceError
+from .metrics import REQUEST_LATENCY, REQUESTS
+
+log = logging.getLogger("segserve.orchestrator")
+
+
+class CallScope:
+    """The client side of one RPC, as the work sees it."""
+
+    def __init__(self, context: grpc.ServicerContext | None):
+        self.context = context
+        self.done = threading.Event()  # set when the RPC ends for any reason (cancel, deadline, finish)
+        if context is not None and not context.add_callback(self.done.set):
+            self.done.set()  # already terminated
+
+    def gone_code(self) -> grpc.StatusCode | None:
+        """CANCELLED / DEADLINE_EXCEEDED once the client stopped waiting, else None."""
+        if self.context is None or self.context.is_active():
+            return None
+        remaining = self.context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
+
+    def check(self) -> None:
+        """Raise if the client is gone: called between steps of long work."""
+        code = self.gone_code()
+        if code is not None:
+            raise ServiceError(code, "the client cancelled the call" if code == grpc.StatusCode.CANCELLED
+                               else "the call's deadline passed")
+
+    def timeout(self, default_s: float) -> float:
+        """How long a Triton call may take: the configured limit or the client's deadline, if sooner."""
+        remaining = None if self.context is None else self.context.time_remaining()
+        if remaining is None:
+            return default_s
+        return max(0.001, min(default_s, remaining))
+
+
+NO_SCOPE = CallScope(None)
+
+
+def _final_code(exc_code: grpc.StatusCode, context) -> grpc.StatusCode:
+    """The code a call is counted under: the client's departure wins over whatever stopped the work."""
+    if not context.is_active():
+        remaining = context.time_remaining()
+        return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+    return exc_code
+
+
+def _record(name: str, start: float, code: grpc.StatusCode) -> None:
+    REQUEST_LATENCY.labels(method=name).observe(time.perf_counter() - start)
+    REQUESTS.labels(method=name, code=code.name).inc()
+
+
+def _fail(name: str, context, exc: BaseException) -> grpc.StatusCode:
+    """Abort the call for `exc`; returns the code it is counted under."""
+    if isinstance(exc, ServiceError):
+        code, message = exc.code, exc.message
+        if code == grpc.StatusCode.INTERNAL:
+            log.error("%s failed: %s", name, message)
+    else:
+        code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+        log.exception("%s failed", name)
+    code = _final_code(code, context)
+    context.abort(code, message)
+    return code  # not reached: abort raises
+
+
+def unary(method):
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        name, start, code = method.__name__, time.perf_counter(), grpc.StatusCode.OK
+        try:
+            result = method(self, request, context)
+            code = _final_code(code, context)
+            return result
+        except Exception as exc:
+            code = _final_code(exc.code if isinstance(exc, ServiceError) else grpc.StatusCode.INTERNAL, context)
+            _fail(name, context, exc)
+        finally:
+            _record(name, start, code)
+
+    return wrapper
+
+
+def server_stream(method):
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        name, start, code = method.__name__, time.perf_counter(), grpc.StatusCode.OK
+        try:
+            yield from method(self, request, context)
+            code = _final_code(code, context)
+        except GeneratorExit:  # the client went away between two messages
+            code = _final_code(grpc.StatusCode.CANCELLED, context)
+            raise
+        except Exception as exc:
+            code = _final_code(exc.code if isinstance(exc, ServiceError) else grpc.StatusCode.INTERNAL, context)
+            _fail(name, context, exc)
+        finally:
+            _record(name, start, code)
+
+    return wrapper
