@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields
 
 @dataclass
 class Settings:
+    # Address the gRPC and metrics ports bind: loopback unless told otherwise (0.0.0.0 in a pod).
+    host: str = "127.0.0.1"
     triton_url: str = "127.0.0.1:8001"
     # host:port of a headless Service: every address it resolves to is one Triton replica.
     triton_headless: str = ""
@@ -22,6 +24,12 @@ class Settings:
     embedding_cache_size: int = 16  # implicit sessions for images sent as bytes
     session_ttl_s: float = 600.0  # replaced by the TTL in Triton's session-model config once read
     triton_timeout_s: float = 120.0
+    # Key that signs session ids (shared by every orchestrator replica; from a Kubernetes Secret),
+    # given inline or as a file; the previous key is still accepted during a rotation.
+    id_key: str = ""
+    id_key_file: str = ""
+    id_key_previous: str = ""
+    id_key_previous_file: str = ""
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
