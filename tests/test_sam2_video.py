@@ -361,3 +361,33 @@ def test_text_prompt_without_grounding_dino(vclient, clip):
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "Grounding DINO" in err.value.details()
     assert video.add_prompts(sid, 0, {1: {"points": [(*centres[1][0], 1)]}}).masks[1].any()
     video.end_session(sid)
+
+
+def test_cancelled_propagation_stops_within_a_frame(vclient, video_stack):
+    """A client that cancels a Propagate midway stops the tracking: no further frame is tracked in
+    Triton (its statistics), and the session stays usable."""
+    from segserve.api import load
+
+    vpb, vpb_grpc = load("video")
+    frames, centres = moving_shapes(40, *HW)
+    video = vclient.video
+    info = video.start_session(list(frames), batch_size=8)
+    try:
+        video.add_prompts(info.session_id, 0, {1: {"points": [(*centres[1][0], 1)]}})
+        stub = vpb_grpc.VideoTrackingStub(vclient.channel)
+        before = _tracker_counts(video_stack)[0]
+        call = stub.Propagate(vpb.PropagateRequest(session_id=info.session_id), timeout=120)
+        got = [next(call).frame_index for _ in range(3)]
+        assert got == [0, 1, 2]
+        call.cancel()
+        time.sleep(1.5)
+        stopped = _tracker_counts(video_stack)[0]
+        # START_FRAME, 3 steps answered, at most the one in flight: far from the 40 frames.
+        assert stopped - before <= 1 + 3 + 1, stopped - before
+        time.sleep(1.5)
+        assert _tracker_counts(video_stack)[0] == stopped
+        # The session's lock was released and its state is intact: tracking resumes.
+        resumed = list(video.propagate(info.session_id, start_frame_index=3, max_frames=2))
+        assert [f.frame_index for f in resumed] == [3, 4, 5] and resumed[0].masks[1].any()
+    finally:
+        video.end_session(info.session_id)

@@ -18,6 +18,7 @@ import time
 
 import grpc
 
+from . import wire
 from .errors import ServiceError
 from .metrics import REQUEST_LATENCY, REQUESTS
 
@@ -92,6 +93,7 @@ def unary(method):
     def wrapper(self, request, context):
         name, start, code = method.__name__, time.perf_counter(), grpc.StatusCode.OK
         try:
+            request = wire.checked(request)  # a request that could not be parsed: INVALID_ARGUMENT, counted
             result = method(self, request, context)
             code = _final_code(code, context)
             return result
@@ -109,6 +111,7 @@ def server_stream(method):
     def wrapper(self, request, context):
         name, start, code = method.__name__, time.perf_counter(), grpc.StatusCode.OK
         try:
+            request = wire.checked(request)
             yield from method(self, request, context)
             code = _final_code(code, context)
         except GeneratorExit:  # the client went away between two messages
