@@ -201,3 +201,20 @@ def test_a_second_orchestrator_serves_sessions_the_first_opened(stack, client, p
             expect(NOT_FOUND, "image_id", second.close_image, opened.image_id)
     finally:
         other.stop(grace_s=0.5)
+
+
+def test_model_info_names_checkpoints_without_server_paths(client, sam2_artifacts):
+    """GetModelInfo tells a client which checkpoint is served (name and hash), not where it lives."""
+    info = client.model_info()
+    sam2 = next(m for m in info.models if m.family == "sam2")
+    assert sam2.checkpoint == "sam2-random-tiny" and len(sam2.checkpoint_sha256) == 64
+    for model in info.models:
+        assert "/" not in model.checkpoint and str(sam2_artifacts) not in str(info)
+
+
+def test_unknown_mask_format_is_refused(client, session):
+    stub = client.stub
+    request = pb.MaskFromPromptRequest(image_id=session.image_id, points=[pb.Point(x=5, y=5, label=1)], mask_format=7)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.MaskFromPrompt(request, timeout=30)
+    assert info.value.code() == INVALID and info.value.details().startswith("mask_format")

@@ -60,7 +60,7 @@ class ImageSession:
             # The session model never refuses a request the orchestrator validated; Triton's sequence
             # batcher refuses one for a sequence it dropped (idle, or lost in a restart).
             if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise not_found("image_id", "closed or expired (Triton no longer holds this session)") from exc
+                raise not_found("image_id", "is no longer held by Triton (closed, expired, or lost when Triton restarted)") from exc
             raise
         size = tuple(int(v) for v in result.as_numpy("IMAGE_SIZE").reshape(-1))
         if size != (self.height, self.width):
