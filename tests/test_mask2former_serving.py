@@ -353,7 +353,8 @@ def test_models_refuse_bad_requests_themselves(m2f_stack, images):
                 tensor("LABEL_IDS_TO_FUSE", np.array([[fuse]], np.int32), "INT32"),
                 tensor("LABEL_MAP_FORMAT", np.array([[0]], np.int32), "INT32")]
 
-    from segserve.orchestrator.segment import _triton_error
+    from segserve.orchestrator.segment import ensemble_message
+    from segserve.orchestrator.triton_pool import map_triton_error
     from tritonclient.utils import InferenceServerException
 
     try:
@@ -361,7 +362,8 @@ def test_models_refuse_bad_requests_themselves(m2f_stack, images):
                               (dict(fuse=99), "LABEL_IDS_TO_FUSE")):
             with pytest.raises(InferenceServerException) as info:
                 client.infer("mask2former_segment", inputs(**kwargs))
-            error = _triton_error(info.value, "image")
+            assert info.value.status() == "StatusCode.INVALID_ARGUMENT"  # a typed code, not a text prefix
+            error = ensemble_message(map_triton_error(info.value, "image"))
             assert error.code == INVALID and field in error.message, info.value.message()
         result = client.infer("mask2former_segment", inputs())
         document = json.loads(result.as_numpy("SEGMENTS")[0, 0])
