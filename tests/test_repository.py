@@ -16,7 +16,10 @@ def test_embedded_target_is_python_backend_everywhere(embedded_repository):
     assert all(c.backend == "python" for c in configs.values())
     session = configs["sam2_image_session"]
     assert session.parameters["runner"].string_value == "inprocess"
-    assert session.sequence_batching.max_sequence_idle_microseconds == 600_000_000
+    # The model evicts at its TTL; Triton's idle limit is a margin above it, so that a request for an
+    # evicted session reaches the model and is answered NOT_FOUND.
+    assert session.parameters["session_ttl_s"].string_value == "600"
+    assert session.sequence_batching.max_sequence_idle_microseconds == 660_000_000
     assert session.sequence_batching.HasField("oldest")
     encoder = configs["sam2_image_encoder"]
     assert encoder.max_batch_size > 1 and encoder.HasField("dynamic_batching")

@@ -182,7 +182,10 @@ def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph
     if target not in TARGETS:
         raise RepositoryError(f"unknown target {target!r}; choose one of {TARGETS}")
     manifest = Manifest(Path(artifacts))
-    # `options`: family-specific settings, e.g. the video tracker's caps (`max_video_sessions`, ...).
+    # `options`: family-specific settings, e.g. the video tracker's caps (`max_video_sessions`,
+    # `max_video_objects`, `max_video_frames`, `max_video_frame_bytes` / `max_video_memory_bytes` per
+    # session, `max_video_total_bytes` for all sessions of an instance: description.VIDEO_*_BYTES).
+    # Session models get Triton's idle limit a margin above their TTL (`description.sequence_idle_s`).
     specs = model_specs(manifest, session_ttl_s, max_sessions, {**(options or {}), "batching": batching})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

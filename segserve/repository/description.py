@@ -63,6 +63,28 @@ class EnsembleStep:
     outputs: dict[str, str]
 
 
+# Defaults of the video tracker's byte caps (build options `max_video_frame_bytes`,
+# `max_video_memory_bytes` per session, `max_video_total_bytes` for all sessions of one instance).
+VIDEO_FRAME_BYTES = 1 << 30
+VIDEO_MEMORY_BYTES = 2 << 30
+VIDEO_TOTAL_BYTES = 8 << 30
+
+
+def candidate_sequences(max_sessions: int) -> int:
+    """Triton's sequence slots for a session model: headroom above the model's own cap, so that a
+    START past the cap reaches the model and is refused (RESOURCE_EXHAUSTED) instead of waiting in
+    Triton's backlog for a slot until the client gives up."""
+    return max_sessions + max(4, max_sessions // 4)
+
+
+def sequence_idle_s(session_ttl_s: float) -> float:
+    """Triton's `max_sequence_idle_microseconds` for a session model, in seconds: a margin above
+    the model's own eviction TTL (`session_ttl_s`). Triton drops an idle sequence silently and then
+    refuses its next request itself (INVALID_ARGUMENT, "must specify the START flag"); with the
+    margin the model has evicted the session first and answers that request NOT_FOUND, typed."""
+    return session_ttl_s + max(60.0, 0.1 * session_ttl_s)
+
+
 def sam2_models(sam2_config: dict[str, Any], options: dict[str, Any], encoder_batch: int = 4) -> list[ModelSpec]:
     session_ttl_s, max_sessions = options["session_ttl_s"], options["max_sessions"]
     low_res = int(sam2_config.get("low_res_mask_size", 256))
@@ -102,7 +124,8 @@ def sam2_models(sam2_config: dict[str, Any], options: dict[str, Any], encoder_ba
         ],
         # Oldest strategy: requests of different sessions run in one execute() call.
         max_batch_size=8,
-        sequence=Sequence(idle_timeout_s=session_ttl_s, max_candidate_sequences=max_sessions),
+        sequence=Sequence(idle_timeout_s=sequence_idle_s(session_ttl_s),
+                          max_candidate_sequences=candidate_sequences(max_sessions)),
         parameters={
             "runner": "inprocess",
             "encoder_model": "sam2_image_encoder",
@@ -369,14 +392,16 @@ def sam2_video_models(config: dict[str, Any], options: dict[str, Any]) -> list[M
             Tensor("FRAME", "UINT8", (-1, -1, 3)),
         ],
         max_batch_size=8,
-        sequence=Sequence(idle_timeout_s=ttl_s, max_candidate_sequences=max_sessions),
+        sequence=Sequence(idle_timeout_s=sequence_idle_s(ttl_s), max_candidate_sequences=candidate_sequences(max_sessions)),
         parameters={
             "session_ttl_s": str(ttl_s),
             "max_sessions": str(max_sessions),
             "max_objects": str(int(options.get("max_video_objects", 16))),
             "max_frames": str(int(options.get("max_video_frames", 2000))),
-            "max_frame_bytes": str(int(options.get("max_video_frame_bytes", 1 << 30))),
-            "max_memory_bytes": str(int(options.get("max_video_memory_bytes", 2 << 30))),
+            "max_frame_bytes": str(int(options.get("max_video_frame_bytes", VIDEO_FRAME_BYTES))),
+            "max_memory_bytes": str(int(options.get("max_video_memory_bytes", VIDEO_MEMORY_BYTES))),
+            # frames + memory banks of every session of the instance together
+            "max_total_bytes": str(int(options.get("max_video_total_bytes", VIDEO_TOTAL_BYTES))),
             "image_size": str(int(config["image_size"])),
             "mask_threshold": str(config.get("mask_threshold", 0.0)),
             "video_config": json.dumps(config, sort_keys=True),

@@ -15,11 +15,13 @@ import triton_python_backend_utils as pb_utils
 
 from segserve.common import sam2_transforms
 from segserve.common.grounding import GroundingInputError, letterbox
-from segserve.triton_models.common import RequestError, parameters, respond_each
+from segserve.common.status import INVALID_ARGUMENT, ModelRefusal
+from segserve.triton_models.common import parameters, respond_each
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        self.name = args["model_name"]
         params = parameters(args)
         self.size = int(params["image_size"])
         self.mean = tuple(json.loads(params["image_mean"]))
@@ -27,16 +29,16 @@ class TritonPythonModel:
         self.sam2_size = int(params.get("sam2_image_size", "1024"))
 
     def execute(self, requests):
-        return respond_each(requests, self._handle)
+        return respond_each(requests, self._handle, self.name)
 
     def _handle(self, request):
         image = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
         if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) == 0:
-            raise RequestError("INVALID_ARGUMENT", f"image: must be RGB [H, W, 3], got {list(image.shape)}")
+            raise ModelRefusal(INVALID_ARGUMENT, f"image: must be RGB [H, W, 3], got {list(image.shape)}")
         try:
             boxed = letterbox(np.ascontiguousarray(image), self.size, self.mean, self.std)
         except GroundingInputError as exc:
-            raise RequestError("INVALID_ARGUMENT", str(exc)) from None
+            raise ModelRefusal(INVALID_ARGUMENT, str(exc)) from None
         outputs = {
             "PIXEL_VALUES": boxed.pixel_values[None],
             "PIXEL_MASK": boxed.pixel_mask[None],

@@ -16,11 +16,13 @@ import triton_python_backend_utils as pb_utils
 
 from segserve.common.grounding import CaptionTokenizer, GroundingInputError, select_boxes
 from segserve.common.text_to_mask import detection_prompts, detections_document
-from segserve.triton_models.common import RequestError, parameters, respond_each, scalar
+from segserve.common.status import INVALID_ARGUMENT, ModelRefusal
+from segserve.triton_models.common import parameters, respond_each, scalar
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        self.name = args["model_name"]
         params = parameters(args)
         folder = Path(args["model_repository"]) / args["model_version"] / params["tokenizer_dir"]
         self.tokenizer = CaptionTokenizer(folder)
@@ -30,7 +32,7 @@ class TritonPythonModel:
         self.max_objects = int(params["max_objects"])
 
     def execute(self, requests):
-        return respond_each(requests, self._handle)
+        return respond_each(requests, self._handle, self.name)
 
     def _handle(self, request):
         logits = pb_utils.get_input_tensor_by_name(request, "LOGITS").as_numpy()
@@ -43,7 +45,7 @@ class TritonPythonModel:
             detections = select_boxes(logits[0], boxes[0], input_ids[0], (height, width), self.tokenizer.decode,
                                       max_objects=max_objects, **options)
         except GroundingInputError as exc:
-            raise RequestError("INVALID_ARGUMENT", str(exc)) from None
+            raise ModelRefusal(INVALID_ARGUMENT, str(exc)) from None
         coords, labels = detection_prompts(detections.boxes, (height, width), self.sam2_size)
         return pb_utils.InferenceResponse([
             pb_utils.Tensor("DETECTIONS", np.array([detections_document(detections).encode()], dtype=object)),

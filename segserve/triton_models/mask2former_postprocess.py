@@ -17,14 +17,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from segserve.common import segments as seg
-from segserve.triton_models.common import RequestError, parameters, respond_each
-
-
-def _input(request, name: str) -> np.ndarray:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        raise RequestError("INVALID_ARGUMENT", f"{name} is required")
-    return tensor.as_numpy()
+from segserve.common.status import INVALID_ARGUMENT, ModelRefusal
+from segserve.triton_models.common import parameters, required_input, respond_each
 
 
 def _fraction(value, name: str) -> float:
@@ -32,36 +26,37 @@ def _fraction(value, name: str) -> float:
     # 0.800000011920929), as the reference post-processing compares with Python floats.
     value = float(str(np.float32(value)))
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise RequestError("INVALID_ARGUMENT", f"{name} must lie in [0, 1], got {value}")
+        raise ModelRefusal(INVALID_ARGUMENT, f"{name} must lie in [0, 1], got {value}")
     return value
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        self.name = args["model_name"]
         params = parameters(args)
         self.id2label = {int(k): v for k, v in json.loads(params.get("id2label", "{}")).items()}
         self.num_labels = int(params["num_labels"])
         self.mask_size = int(params.get("mask_size", "384")) or None
 
     def execute(self, requests):
-        return respond_each(requests, self._handle)
+        return respond_each(requests, self._handle, self.name)
 
     def _handle(self, request):
-        classes, masks = _input(request, "CLASS_LOGITS"), _input(request, "MASK_LOGITS")
-        sizes, tasks = _input(request, "ORIGINAL_SIZE"), _input(request, "TASK")
-        thresholds = [_input(request, n) for n in ("THRESHOLD", "MASK_THRESHOLD", "OVERLAP_MASK_AREA_THRESHOLD")]
-        fuse, formats = _input(request, "LABEL_IDS_TO_FUSE"), _input(request, "LABEL_MAP_FORMAT")
+        classes, masks = required_input(request, "CLASS_LOGITS"), required_input(request, "MASK_LOGITS")
+        sizes, tasks = required_input(request, "ORIGINAL_SIZE"), required_input(request, "TASK")
+        thresholds = [required_input(request, n) for n in ("THRESHOLD", "MASK_THRESHOLD", "OVERLAP_MASK_AREA_THRESHOLD")]
+        fuse, formats = required_input(request, "LABEL_IDS_TO_FUSE"), required_input(request, "LABEL_MAP_FORMAT")
         label_maps, documents = [], []
         for b in range(classes.shape[0]):
             task = tasks[b].reshape(-1)[0]
             task = task.decode() if isinstance(task, bytes) else str(task)
             if task not in seg.TASKS:
-                raise RequestError("INVALID_ARGUMENT", f"TASK must be one of {seg.TASKS}, got {task!r}")
+                raise ModelRefusal(INVALID_ARGUMENT, f"TASK must be one of {seg.TASKS}, got {task!r}")
             threshold, mask_threshold, overlap = (_fraction(t[b].reshape(-1)[0], n) for t, n in zip(
                 thresholds, ("THRESHOLD", "MASK_THRESHOLD", "OVERLAP_MASK_AREA_THRESHOLD")))
             labels = [int(v) for v in fuse[b].reshape(-1) if v >= 0]
             if any(v >= self.num_labels for v in labels):
-                raise RequestError("INVALID_ARGUMENT", f"LABEL_IDS_TO_FUSE must be label ids below {self.num_labels}")
+                raise ModelRefusal(INVALID_ARGUMENT, f"LABEL_IDS_TO_FUSE must be label ids below {self.num_labels}")
             height, width = (int(v) for v in sizes[b].reshape(-1)[:2])
             result = seg.segment_image(task, classes[b], masks[b], (height, width), self.id2label, threshold,
                                        mask_threshold, overlap, labels, mask_size=self.mask_size)

@@ -12,23 +12,25 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from segserve.common.mask2former_post import PreprocessConfig, preprocess_image
-from segserve.triton_models.common import RequestError, parameters, respond_each
+from segserve.common.status import INVALID_ARGUMENT, ModelRefusal
+from segserve.triton_models.common import parameters, respond_each
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        self.name = args["model_name"]
         settings = json.loads(parameters(args)["preprocess"])
         for key in ("image_mean", "image_std"):
             settings[key] = tuple(float(v) for v in settings[key])
         self.config = PreprocessConfig(**settings)
 
     def execute(self, requests):
-        return respond_each(requests, self._handle)
+        return respond_each(requests, self._handle, self.name)
 
     def _handle(self, request):
         images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
         if images.ndim != 4 or images.shape[3] != 3 or min(images.shape[1:3]) == 0:
-            raise RequestError("INVALID_ARGUMENT", f"IMAGE must be RGB [B, H, W, 3], got {list(images.shape)}")
+            raise ModelRefusal(INVALID_ARGUMENT, f"IMAGE must be RGB [B, H, W, 3], got {list(images.shape)}")
         pixels, sizes = [], []
         for image in images:
             values, size = preprocess_image(image, self.config)

@@ -3,22 +3,25 @@
 In the fleet target the same graph is served by Triton's onnxruntime or TensorRT backend under the
 same name and signature; this model exists so that the CPU-only embedded server behaves the same.
 With max_batch_size > 0, requests gathered by the dynamic batcher are concatenated along the batch
-axis and run as one ONNX Runtime call.
+axis and run as one ONNX Runtime call; if that call fails (logged), the requests run one by one so
+that each gets its own answer (a failing one INTERNAL, through `triton_models.common`).
 """
 from __future__ import annotations
 
 import json
 import os
+import traceback
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from segserve.triton_models.common import parameters
+from segserve.triton_models.common import parameters, required_input, respond_each
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        self.name = args["model_name"]
         config = json.loads(args["model_config"])
         params = parameters(args)
         path = os.path.join(args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx"))
@@ -30,20 +33,28 @@ class TritonPythonModel:
         self.output_names = [o["name"] for o in config["output"]]
 
     def execute(self, requests):
-        feeds_per_request = [
-            {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.input_names}
-            for r in requests
-        ]
         if self.batched and len(requests) > 1:
-            sizes = [f[self.input_names[0]].shape[0] for f in feeds_per_request]
-            feeds = {n: np.concatenate([f[n] for f in feeds_per_request]) for n in self.input_names}
-            outputs = self.session.run(self.output_names, feeds)
-            splits = np.cumsum(sizes)[:-1]
-            per_request = [np.split(o, splits) for o in outputs]
-            results = [[per_request[k][i] for k in range(len(outputs))] for i in range(len(requests))]
-        else:
-            results = [self.session.run(self.output_names, f) for f in feeds_per_request]
-        return [
-            pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(v)) for n, v in zip(self.output_names, res)])
-            for res in results
-        ]
+            try:
+                return self._run_batched(requests)
+            except Exception:  # answered below, request by request, each with its own error
+                pb_utils.Logger.log_warn(f"{self.name}: the batched run of {len(requests)} requests failed; "
+                                         f"running them one by one\n{traceback.format_exc()}")
+        return respond_each(requests, self._run_one, self.name)
+
+    def _feeds(self, request) -> dict[str, np.ndarray]:
+        return {name: required_input(request, name) for name in self.input_names}
+
+    def _response(self, outputs) -> "pb_utils.InferenceResponse":
+        return pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(v)) for n, v in zip(self.output_names, outputs)])
+
+    def _run_one(self, request):
+        return self._response(self.session.run(self.output_names, self._feeds(request)))
+
+    def _run_batched(self, requests) -> list:
+        feeds_per_request = [self._feeds(r) for r in requests]
+        sizes = [f[self.input_names[0]].shape[0] for f in feeds_per_request]
+        feeds = {n: np.concatenate([f[n] for f in feeds_per_request]) for n in self.input_names}
+        outputs = self.session.run(self.output_names, feeds)
+        splits = np.cumsum(sizes)[:-1]
+        per_request = [np.split(o, splits) for o in outputs]
+        return [self._response([per_request[k][i] for k in range(len(outputs))]) for i in range(len(requests))]

@@ -3,9 +3,12 @@
 A session is a Triton sequence (correlation id). The START request carries the RGB image: it is
 preprocessed and encoded once and the three embedding levels stay in this instance. Later requests
 carry only prompts (already in the 1024 model frame) and run only the decoder; masks come back as
-COCO RLE at the original size, so a click costs a few hundred bytes each way. END, or the TTL that
-mirrors Triton's `max_sequence_idle_microseconds`, frees the session. Triton drops idle sequences
-without telling the model, hence the model's own eviction.
+COCO RLE at the original size, so a click costs a few hundred bytes each way. END, or the model's
+own idle TTL (`session_ttl_s`), frees the session. Triton drops idle sequences without telling the
+model, so the builder sets Triton's `max_sequence_idle_microseconds` a margin above that TTL: a
+request for a session this instance no longer holds (ended, expired, or refused on START) reaches
+the model and is answered NOT_FOUND, the only NOT_FOUND this model sends. Refusals are typed
+(`segserve.common.status`, error boundary in `triton_models.common`).
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from segserve.common import rle, sam2_transforms
-from segserve.triton_models.common import RequestError, optional_input, parameters, repository_root, respond_each, scalar
+from segserve.common.status import INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, ModelRefusal
+from segserve.triton_models.common import optional_input, parameters, repository_root, respond_each, scalar
 from segserve.triton_models.sam2_runner import BlsRunner, InProcessRunner
 
 
@@ -31,6 +35,7 @@ class ImageSession:
 class TritonPythonModel:
     def initialize(self, args):
         params = parameters(args)
+        self.name = args["model_name"]
         self.ttl_s = float(params.get("session_ttl_s", "600"))
         self.max_sessions = int(params.get("max_sessions", "64"))
         self.image_size = int(params.get("image_size", "1024"))
@@ -50,10 +55,10 @@ class TritonPythonModel:
 
     def execute(self, requests):
         self._evict_expired()
-        responses = respond_each(requests, self._handle)
+        responses = respond_each(requests, self._handle, self.name, lambda r: f" (sequence {int(scalar(r, 'CORRID'))})")
         for request in requests:
-            if scalar(request, "END"):
-                self.sessions.pop(int(scalar(request, "CORRID")), None)
+            if scalar(request, "END") and self.sessions.pop(int(scalar(request, "CORRID")), None) is not None:
+                pb_utils.Logger.log_verbose(f"{self.name}: closed sequence {int(scalar(request, 'CORRID'))}")
         self.sessions_gauge.set(len(self.sessions))
         return responses
 
@@ -61,33 +66,36 @@ class TritonPythonModel:
         now = time.monotonic()
         for corrid in [c for c, s in self.sessions.items() if now - s.last_used > self.ttl_s]:
             del self.sessions[corrid]
+            pb_utils.Logger.log_verbose(f"{self.name}: sequence {corrid} expired after {self.ttl_s:g} s idle")
 
     def _handle(self, request):
         corrid = int(scalar(request, "CORRID"))
         image = optional_input(request, "IMAGE")
+        prompt = self._prompt(request)  # checked before any work: a refused START opens nothing
         if scalar(request, "START"):
+            self.sessions.pop(corrid, None)  # START begins a new sequence under this id
             if image is None:
-                raise RequestError("INVALID_ARGUMENT", "IMAGE is required on the first request of a session")
+                raise ModelRefusal(INVALID_ARGUMENT, "IMAGE is required on the first request of a session")
             session = self._open(corrid, image[0])
         else:
             session = self.sessions.get(corrid)
             if session is None:
-                raise RequestError("NOT_FOUND", f"image session {corrid} is not open here (closed or expired)")
+                raise ModelRefusal(NOT_FOUND, "this server does not hold the image session (closed, expired, "
+                                              "never opened, or the server restarted)")
             if image is not None:
-                raise RequestError("INVALID_ARGUMENT", "IMAGE is only accepted on the first request of a session")
+                raise ModelRefusal(INVALID_ARGUMENT, "IMAGE is only accepted on the first request of a session")
         session.last_used = time.monotonic()
         outputs = {"IMAGE_SIZE": np.array([session.original_hw], dtype=np.int32)}
-        coords = optional_input(request, "POINT_COORDS")
-        if coords is not None:
-            outputs.update(self._decode(request, session, coords[0]))
+        if prompt is not None:
+            outputs.update(self._decode(request, session, *prompt))
         wanted = set(request.requested_output_names()) or set(outputs)
         return pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outputs.items() if k in wanted])
 
     def _open(self, corrid: int, image: np.ndarray) -> ImageSession:
-        if corrid not in self.sessions and len(self.sessions) >= self.max_sessions:
-            raise RequestError("RESOURCE_EXHAUSTED", f"this instance already holds {self.max_sessions} image sessions")
+        if len(self.sessions) >= self.max_sessions:
+            raise ModelRefusal(RESOURCE_EXHAUSTED, f"this instance already holds {self.max_sessions} image sessions")
         if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) == 0:
-            raise RequestError("INVALID_ARGUMENT", f"IMAGE must be RGB [H, W, 3], got {list(image.shape)}")
+            raise ModelRefusal(INVALID_ARGUMENT, f"IMAGE must be RGB [H, W, 3], got {list(image.shape)}")
         features = self.runner.encode(sam2_transforms.preprocess(image, self.image_size))
         # Own copies: outputs of a BLS call or ORT may alias buffers that get reused.
         features = {k: np.array(v, copy=True) for k, v in features.items()}
@@ -96,19 +104,29 @@ class TritonPythonModel:
         self.sessions[corrid] = session
         return session
 
-    def _decode(self, request, session: ImageSession, coords: np.ndarray) -> dict[str, np.ndarray]:
+    def _prompt(self, request) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+        """The request's prompt (coords [P, M, 2], labels [P, M], mask input or None), checked."""
+        coords = optional_input(request, "POINT_COORDS")
+        if coords is None:
+            return None
+        coords = coords[0]
         labels = optional_input(request, "POINT_LABELS")
-        if labels is None or labels[0].shape != coords.shape[:2] or coords.ndim != 3 or coords.shape[2] != 2:
-            raise RequestError("INVALID_ARGUMENT", "POINT_COORDS [P, M, 2] and POINT_LABELS [P, M] must match")
+        if labels is None or coords.ndim != 3 or coords.shape[2] != 2 or labels[0].shape != coords.shape[:2]:
+            raise ModelRefusal(INVALID_ARGUMENT, "POINT_COORDS [P, M, 2] and POINT_LABELS [P, M] must match, got "
+                                                 f"{list(coords.shape)} and {None if labels is None else list(labels[0].shape)}")
         mask = optional_input(request, "MASK_INPUT")
+        if mask is not None and mask.shape[1:] != (1, self.low_res, self.low_res):
+            raise ModelRefusal(INVALID_ARGUMENT, f"MASK_INPUT must be [1, {self.low_res}, {self.low_res}]")
+        return coords, labels[0], mask
+
+    def _decode(self, request, session: ImageSession, coords: np.ndarray, labels: np.ndarray,
+                mask: np.ndarray | None) -> dict[str, np.ndarray]:
         has_mask = mask is not None
-        if has_mask and mask.shape[1:] != (1, self.low_res, self.low_res):
-            raise RequestError("INVALID_ARGUMENT", f"MASK_INPUT must be [1, {self.low_res}, {self.low_res}]")
         multimask = bool(scalar(request, "MULTIMASK", True))
         feeds = {
             **session.features,
             "point_coords": coords.astype(np.float32),
-            "point_labels": labels[0].astype(np.int32),
+            "point_labels": labels.astype(np.int32),
             "mask_input": (mask if has_mask else np.zeros((1, 1, self.low_res, self.low_res), np.float32)).astype(np.float32),
             "has_mask_input": np.array([1.0 if has_mask else 0.0], np.float32),
         }

@@ -23,17 +23,31 @@ This is transformers' `Sam2VideoModel.forward` / `propagate_in_video_iterator` w
 - a mask prompt replaces the object's clicks on that frame (and clicks replace a mask), as the
   processor does; the mask, resized to the model's square and thresholded as the processor does,
   is the frame's output as it is (`_use_mask_as_output`), with no memory conditioning.
+
+Refusals raise `ModelRefusal` (`segserve.common.status`). One refused or failing request never
+changes a session: every check runs before the first change, `step` computes a frame's outputs
+aside and stores them only when all of them are computed and fit the caps, and `add_prompts` puts
+the session back as it was if its step fails.
+
+Bytes: each session counts the bytes it holds (`frame_bytes`: the frames; `memory_bytes`: every
+stored output, i.e. memory features in bfloat16, object pointers and the conditioning outputs'
+low-res masks), kept up to date on every change. Caps: per session `max_frame_bytes` and
+`max_memory_bytes`, and `max_total_bytes` for all the sessions of one model instance together
+(`held_bytes()`, given by the instance). A request that would go past a cap is refused
+RESOURCE_EXHAUSTED before anything is stored. Not counted: the encoder features of the last frame
+run, one per session (a cache, about 20 MiB at hiera-tiny 1024²).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from segserve.common import sam2_transforms
+from segserve.common.status import CANCELLED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ModelRefusal
 
 GRAPH_NAMES = ("sam2_video_image_encoder", "sam2_video_memory_attention", "sam2_video_decoder",
                "sam2_video_memory_encoder", "sam2_video_mask_prompt")
@@ -47,15 +61,6 @@ def propagation_order(start: int, num_frames: int, reverse: bool, max_frames: in
         return list(range(start, end - 1, -1)) if start > 0 else []
     end = min(start + max_frames, num_frames - 1)
     return list(range(start, end + 1))
-
-
-class TrackerError(Exception):
-    """A refused request; `code` is the gRPC status name the orchestrator reports."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def bfloat16_bits(x: np.ndarray) -> np.ndarray:
@@ -83,6 +88,7 @@ class FrameOutput:
 
     @property
     def nbytes(self) -> int:
+        """Bytes this output holds on its own (the memory position encoding is shared)."""
         return sum(a.nbytes for a in (self.pred_masks, self.object_pointer, self.maskmem_features) if a is not None)
 
 
@@ -103,6 +109,8 @@ class VideoSession:
     new_inputs: list[int] = field(default_factory=list)
     feature_cache: tuple[int, dict[str, np.ndarray]] | None = None
     last_used: float = field(default_factory=time.monotonic)
+    frame_bytes: int = 0  # bytes of `frames`
+    memory_bytes: int = 0  # bytes of every stored FrameOutput (`FrameOutput.nbytes`)
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -112,12 +120,20 @@ class VideoSession:
         return next((o for o in self.objects if o.obj_id == obj_id), None)
 
     @property
-    def frame_bytes(self) -> int:
-        return sum(f.nbytes for f in self.frames)
+    def held_bytes(self) -> int:
+        return self.frame_bytes + self.memory_bytes
 
-    @property
-    def memory_bytes(self) -> int:
-        return sum(out.nbytes for o in self.objects for d in (o.cond, o.non_cond) for out in d.values())
+    def recount(self) -> tuple[int, int]:
+        """(frame bytes, memory bytes) counted from scratch: what the counters must equal."""
+        return (sum(f.nbytes for f in self.frames),
+                sum(out.nbytes for o in self.objects for d in (o.cond, o.non_cond) for out in d.values()))
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} B"
 
 
 @dataclass
@@ -162,7 +178,10 @@ class OrtGraphs:
 
 class VideoTracker:
     def __init__(self, graphs: OrtGraphs, config: dict[str, Any], max_objects: int = 16, max_frames: int = 2000,
-                 max_frame_bytes: int = 1 << 30, max_memory_bytes: int = 2 << 30):
+                 max_frame_bytes: int = 1 << 30, max_memory_bytes: int = 2 << 30, max_total_bytes: int | None = None,
+                 held_bytes: Callable[[], int] | None = None):
+        """`max_total_bytes` bounds `held_bytes()`, the bytes held by every session of the model
+        instance together (frames + memory banks), after any request; None: no total cap."""
         self.graphs = graphs
         self.image_size = int(config["image_size"])
         self.num_maskmem = int(config.get("num_maskmem", 7))
@@ -176,71 +195,114 @@ class VideoTracker:
         self.max_frames = max_frames
         self.max_frame_bytes = max_frame_bytes
         self.max_memory_bytes = max_memory_bytes
+        self.max_total_bytes = max_total_bytes
+        self.held_bytes = held_bytes
         self._memory_pos: np.ndarray | None = None
+        # Bytes one stored output takes, by kind (conditioning outputs keep their low-res mask):
+        # the shapes are fixed by the model, so after the first step this predicts a step's growth.
+        self._output_nbytes: dict[bool, int] = {}
+
+    # ---- byte caps -------------------------------------------------------------------------
+    def _check_total(self, extra: int, what: str) -> None:
+        if self.max_total_bytes is None or self.held_bytes is None or extra <= 0:
+            return
+        held = self.held_bytes()
+        if held + extra > self.max_total_bytes:
+            raise ModelRefusal(RESOURCE_EXHAUSTED, f"{what} would take {_size(extra)} more; the video sessions of this "
+                                                   f"server hold {_size(held)} of their {_size(self.max_total_bytes)} "
+                                                   "budget: end some sessions")
+
+    def _check_memory(self, session: VideoSession, extra: int) -> None:
+        if session.memory_bytes + extra > self.max_memory_bytes:
+            raise ModelRefusal(RESOURCE_EXHAUSTED, f"the session's memory bank would pass {_size(self.max_memory_bytes)}")
+        self._check_total(extra, "this frame's memory")
 
     # ---- session edits ---------------------------------------------------------------------
     def add_frames(self, session: VideoSession, frames: list[np.ndarray]) -> int:
         for frame in frames:
             if frame.ndim != 3 or frame.shape[2] != 3 or min(frame.shape[:2]) == 0:
-                raise TrackerError("INVALID_ARGUMENT", f"frames must be RGB [H, W, 3], got {list(frame.shape)}")
+                raise ModelRefusal(INVALID_ARGUMENT, f"frames must be RGB [H, W, 3], got {list(frame.shape)}")
             expected = session.size or frames[0].shape[:2]
             if frame.shape[:2] != tuple(expected):
-                raise TrackerError("INVALID_ARGUMENT", f"frame of size {frame.shape[1]}x{frame.shape[0]} in a video of "
-                                                       f"{expected[1]}x{expected[0]}: every frame must have the same size")
+                raise ModelRefusal(INVALID_ARGUMENT, f"frame of size {frame.shape[1]}x{frame.shape[0]} in a video of "
+                                                     f"{expected[1]}x{expected[0]}: every frame must have the same size")
         if len(session.frames) + len(frames) > self.max_frames:
-            raise TrackerError("RESOURCE_EXHAUSTED", f"a session holds at most {self.max_frames} frames")
-        if session.frame_bytes + sum(f.nbytes for f in frames) > self.max_frame_bytes:
-            raise TrackerError("RESOURCE_EXHAUSTED", f"a session holds at most {self.max_frame_bytes >> 20} MiB of frames")
-        session.frames.extend(np.ascontiguousarray(f, dtype=np.uint8) for f in frames)
+            raise ModelRefusal(RESOURCE_EXHAUSTED, f"a session holds at most {self.max_frames} frames")
+        extra = sum(int(np.prod(f.shape)) for f in frames)  # uint8 once stored
+        if session.frame_bytes + extra > self.max_frame_bytes:
+            raise ModelRefusal(RESOURCE_EXHAUSTED, f"a session holds at most {_size(self.max_frame_bytes)} of frames")
+        self._check_total(extra, f"{len(frames)} more frame{'' if len(frames) == 1 else 's'}")
+        stored = [np.ascontiguousarray(f, dtype=np.uint8) for f in frames]
+        session.frames.extend(stored)
+        session.frame_bytes += sum(f.nbytes for f in stored)
         return len(session.frames)
 
-    def add_prompts(self, session: VideoSession, frame_idx: int, obj_ids: list[int], prompts: list) -> FrameResult:
+    def add_prompts(self, session: VideoSession, frame_idx: int, obj_ids: list[int], prompts: list,
+                    cancelled: Callable[[], bool] | None = None) -> FrameResult:
         """Per object, points (model frame, boxes as corners labelled 2/3 first) or a binary mask at the
         frames' size, for several objects on one frame; replaces each object's earlier prompts on that
-        frame, then runs the frame."""
+        frame, then runs the frame. Refused or failing, it leaves the session as it was."""
         self._check_frame(session, frame_idx)
         if len(set(obj_ids)) != len(obj_ids) or len(obj_ids) != len(prompts) or not obj_ids:
-            raise TrackerError("INVALID_ARGUMENT", "give each object id once, with its prompt")
+            raise ModelRefusal(INVALID_ARGUMENT, "give each object id once, with its prompt")
         new_ids = [i for i in obj_ids if session.object(i) is None]
         if len(session.objects) + len(new_ids) > self.max_objects:
-            raise TrackerError("RESOURCE_EXHAUSTED", f"a session tracks at most {self.max_objects} objects")
+            raise ModelRefusal(RESOURCE_EXHAUSTED, f"a session tracks at most {self.max_objects} objects")
         converted = []
         for obj_id, prompt in zip(obj_ids, prompts):
             if isinstance(prompt, np.ndarray):
                 if prompt.shape != tuple(session.size):
-                    raise TrackerError("INVALID_ARGUMENT", f"the mask of object {obj_id} is {list(prompt.shape)}, "
-                                                           f"the frames are {list(session.size)}")
+                    raise ModelRefusal(INVALID_ARGUMENT, f"the mask of object {obj_id} is {list(prompt.shape)}, "
+                                                         f"the frames are {list(session.size)}")
                 converted.append(sam2_transforms.mask_to_model(prompt != 0, self.image_size))
                 continue
             coords, labels = prompt
             if coords.ndim != 2 or coords.shape[1] != 2 or labels.shape != coords.shape[:1] or len(labels) == 0:
-                raise TrackerError("INVALID_ARGUMENT", "each object needs points [N, 2] with N labels")
+                raise ModelRefusal(INVALID_ARGUMENT, "each object needs points [N, 2] with N labels")
             converted.append((coords.astype(np.float32), labels.astype(np.int32)))
-        for obj_id in new_ids:
-            session.objects.append(TrackedObject(obj_id))
-        for obj_id, prompt in zip(obj_ids, converted):
-            obj = session.object(obj_id)
-            if isinstance(prompt, np.ndarray):
-                obj.masks[frame_idx] = prompt
-                obj.points.pop(frame_idx, None)
-            else:
-                obj.points[frame_idx] = prompt
-                obj.masks.pop(frame_idx, None)
-        session.new_inputs = list(obj_ids)
-        return self.step(session, frame_idx)
+        # What this request changes, to put back if the step is refused or fails.
+        objects, new_inputs = list(session.objects), list(session.new_inputs)
+        prompts_before = {o.obj_id: (o.points.get(frame_idx), o.masks.get(frame_idx)) for o in session.objects
+                          if o.obj_id in obj_ids}
+        try:
+            for obj_id in new_ids:
+                session.objects.append(TrackedObject(obj_id))
+            for obj_id, prompt in zip(obj_ids, converted):
+                obj = session.object(obj_id)
+                if isinstance(prompt, np.ndarray):
+                    obj.masks[frame_idx] = prompt
+                    obj.points.pop(frame_idx, None)
+                else:
+                    obj.points[frame_idx] = prompt
+                    obj.masks.pop(frame_idx, None)
+            session.new_inputs = list(obj_ids)
+            return self.step(session, frame_idx, cancelled=cancelled)
+        except BaseException:
+            session.objects[:] = objects
+            session.new_inputs = new_inputs
+            for obj_id, (points, mask) in prompts_before.items():
+                obj = session.object(obj_id)
+                for store, value in ((obj.points, points), (obj.masks, mask)):
+                    if value is None:
+                        store.pop(frame_idx, None)
+                    else:
+                        store[frame_idx] = value
+            raise
 
     def remove_object(self, session: VideoSession, obj_id: int) -> None:
         obj = session.object(obj_id)
         if obj is None:
-            raise TrackerError("NOT_FOUND", f"object {obj_id} is not tracked in this session")
+            # Not NOT_FOUND: on the tracker that code means "this server does not hold the session".
+            raise ModelRefusal(INVALID_ARGUMENT, f"object {obj_id} is not tracked in this session")
         session.objects.remove(obj)
+        session.memory_bytes -= sum(out.nbytes for d in (obj.cond, obj.non_cond) for out in d.values())
         if obj_id in session.new_inputs:
             session.new_inputs.remove(obj_id)
 
     def start_frame(self, session: VideoSession) -> int:
         frames = [f for o in session.objects for f in o.cond]
         if not frames:
-            raise TrackerError("INVALID_ARGUMENT", "no prompts yet: add prompts on a frame before propagating")
+            raise ModelRefusal(INVALID_ARGUMENT, "no prompts yet: add prompts on a frame before propagating")
         return min(frames)
 
     def frame(self, session: VideoSession, frame_idx: int) -> np.ndarray:
@@ -249,52 +311,80 @@ class VideoTracker:
 
     def _check_frame(self, session: VideoSession, frame_idx: int) -> None:
         if not 0 <= frame_idx < len(session.frames):
-            raise TrackerError("INVALID_ARGUMENT", f"frame_index {frame_idx} is out of range: the session holds "
-                                                   f"{len(session.frames)} frames")
+            raise ModelRefusal(INVALID_ARGUMENT, f"frame_index {frame_idx} is out of range: the session holds "
+                                                 f"{len(session.frames)} frames")
 
     # ---- one frame -------------------------------------------------------------------------
-    def step(self, session: VideoSession, frame_idx: int, reverse: bool = False) -> FrameResult:
-        """`Sam2VideoModel.forward(inference_session, frame_idx, reverse)`."""
+    def step(self, session: VideoSession, frame_idx: int, reverse: bool = False,
+             cancelled: Callable[[], bool] | None = None) -> FrameResult:
+        """`Sam2VideoModel.forward(inference_session, frame_idx, reverse)`. The new outputs are
+        computed aside and stored only once all of them exist and fit the byte caps; `cancelled`
+        is asked between objects (CANCELLED, nothing stored)."""
         self._check_frame(session, frame_idx)
         if not session.objects:
-            raise TrackerError("INVALID_ARGUMENT", "no objects to track: add prompts first")
-        if session.memory_bytes > self.max_memory_bytes:
-            raise TrackerError("RESOURCE_EXHAUSTED", f"the session's memory bank is over {self.max_memory_bytes >> 20} MiB")
-        masks, scores = [], []
-        pending: list[tuple[FrameOutput, np.ndarray, bool]] = []
-        tracked_outputs: list[FrameOutput] = []
+            raise ModelRefusal(INVALID_ARGUMENT, "no objects to track: add prompts first")
+        # The plan: per object, reuse its conditioning output or compute one (and where it goes).
+        plan = []  # (obj, reused output or None, is_init, points, mask, reverse for this object)
         for obj in session.objects:
             has_new = obj.obj_id in session.new_inputs
             if not has_new and frame_idx in obj.cond:
-                out, is_init = obj.cond[frame_idx], True
+                plan.append((obj, obj.cond[frame_idx], True, None, None, reverse))
+                continue
+            is_init, points, mask = False, None, None
+            if has_new:
+                is_init = frame_idx not in obj.tracked
+                if is_init:
+                    reverse = False  # as transformers: also for the objects after this one
+                points = obj.points.get(frame_idx)
+                mask = obj.masks.get(frame_idx)
+            plan.append((obj, None, is_init, points, mask, reverse))
+        # Before any work: the growth predicted from earlier steps' outputs must fit.
+        computed = [(obj, is_init) for obj, reused, is_init, *_ in plan if reused is None]
+        if all(kind in self._output_nbytes for _, kind in computed):
+            self._check_memory(session, sum(self._output_nbytes[kind] - self._replaced_nbytes(obj, kind, frame_idx)
+                                            for obj, kind in computed))
+        masks, scores = [], []
+        pending: list[tuple[FrameOutput, np.ndarray, bool]] = []
+        outputs = []  # (obj, is_init, new output, points or mask given)
+        for obj, reused, is_init, points, mask, obj_reverse in plan:
+            if cancelled is not None and cancelled():
+                raise ModelRefusal(CANCELLED, "the request was cancelled")
+            if reused is not None:
+                out = reused
             else:
-                is_init, points, mask = False, None, None
-                if has_new:
-                    is_init = frame_idx not in obj.tracked
-                    if is_init:
-                        reverse = False  # as transformers: also for the objects after this one
-                    points = obj.points.get(frame_idx)
-                    mask = obj.masks.get(frame_idx)
-                    if points is not None or mask is not None:
-                        session.new_inputs.remove(obj.obj_id)
                 if mask is not None:
                     out, high_res = self._mask_as_output(session, frame_idx, mask)
                 else:
-                    out, high_res = self._single_frame(session, obj, frame_idx, is_init, points, reverse)
-                (obj.cond if is_init else obj.non_cond)[frame_idx] = out
-                pending.append((out, high_res, points is not None or mask is not None))
-                if not is_init:
-                    tracked_outputs.append(out)
-            if not is_init:
-                obj.tracked[frame_idx] = reverse
+                    out, high_res = self._single_frame(session, obj, frame_idx, is_init, points, obj_reverse)
+                prompted = points is not None or mask is not None
+                pending.append((out, high_res, prompted))
+                outputs.append((obj, is_init, out, prompted))
             masks.append(out.pred_masks[0, 0])
             scores.append(float(out.object_score.reshape(-1)[0]))
         self._encode_memories(session, frame_idx, pending)
         result = FrameResult(frame_idx, [o.obj_id for o in session.objects], np.stack(masks),
                              np.array(scores, np.float32))
-        for out in tracked_outputs:
-            out.pred_masks = None  # only conditioning outputs are ever returned again
+        for _, is_init, out, _ in outputs:
+            if not is_init:
+                out.pred_masks = None  # only conditioning outputs are ever returned again
+            self._output_nbytes[is_init] = out.nbytes
+        # The exact growth must fit too; then store everything.
+        growth = sum(out.nbytes - self._replaced_nbytes(obj, is_init, frame_idx) for obj, is_init, out, _ in outputs)
+        self._check_memory(session, growth)
+        for obj, is_init, out, prompted in outputs:
+            (obj.cond if is_init else obj.non_cond)[frame_idx] = out
+            if prompted:
+                session.new_inputs.remove(obj.obj_id)
+        for obj, _, is_init, _, _, obj_reverse in plan:
+            if not is_init:
+                obj.tracked[frame_idx] = obj_reverse
+        session.memory_bytes += growth
         return result
+
+    @staticmethod
+    def _replaced_nbytes(obj: TrackedObject, is_init: bool, frame_idx: int) -> int:
+        old = (obj.cond if is_init else obj.non_cond).get(frame_idx)
+        return 0 if old is None else old.nbytes
 
     def _features(self, session: VideoSession, frame_idx: int) -> dict[str, np.ndarray]:
         if session.feature_cache is not None and session.feature_cache[0] == frame_idx:
@@ -355,7 +445,7 @@ class VideoTracker:
     def _memory_conditioned(self, session: VideoSession, obj: TrackedObject, frame_idx: int,
                             feats: dict[str, np.ndarray], reverse: bool) -> np.ndarray:
         if not obj.cond:
-            raise TrackerError("INVALID_ARGUMENT", f"object {obj.obj_id} has no prompted frame to track from")
+            raise ModelRefusal(INVALID_ARGUMENT, f"object {obj.obj_id} has no prompted frame to track from")
         selected, unselected = self._select_cond(frame_idx, obj.cond)
         memories = [(0, out) for out in selected.values()]
         for offset in range(self.num_maskmem - 1, 0, -1):

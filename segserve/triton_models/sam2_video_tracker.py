@@ -19,21 +19,29 @@ operation (OP):
              the orchestrator runs Grounding DINO on them rather than keeping a second copy)
 
 Every response carries NUM_FRAMES, FRAME_SIZE, OUT_OBJ_IDS; PROMPT and STEP also OUT_FRAME_INDEX,
-OBJECT_SCORES and MASKS_RLE (COCO RLE at the frames' size). Triton drops idle sequences silently,
-so the instance evicts sessions idle longer than the same TTL; caps on sessions, objects, frames
-and bytes answer RESOURCE_EXHAUSTED.
+OBJECT_SCORES and MASKS_RLE (COCO RLE at the frames' size).
+
+Refusals are typed (`segserve.common.status`; error boundary and logging in `triton_models.common`).
+The instance evicts sessions idle longer than `session_ttl_s`; Triton's own idle limit is set a
+margin above it, so a request for a session this instance does not hold (ended, expired, refused
+on START, or the server restarted) reaches the model and is answered NOT_FOUND, the only NOT_FOUND
+this model sends. Caps on sessions, objects, frames and bytes (per session, and `max_total_bytes`
+for all the sessions of the instance together) answer RESOURCE_EXHAUSTED; a refused request leaves
+its session as it was.
 """
 from __future__ import annotations
 
 import json
 import time
+from functools import partial
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from segserve.common import rle, sam2_transforms
-from segserve.triton_models.common import RequestError, error_response, optional_input, parameters, repository_root, scalar
-from segserve.triton_models.sam2_video_core import OrtGraphs, TrackerError, VideoSession, VideoTracker
+from segserve.common.status import INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, ModelRefusal
+from segserve.triton_models.common import answer, optional_input, parameters, repository_root, scalar
+from segserve.triton_models.sam2_video_core import OrtGraphs, VideoSession, VideoTracker
 
 OP_FRAMES, OP_PROMPT, OP_STEP, OP_REMOVE, OP_INFO, OP_START_FRAME, OP_GET_FRAME = range(7)
 PAD_LABEL = -10
@@ -42,6 +50,7 @@ PAD_LABEL = -10
 class TritonPythonModel:
     def initialize(self, args):
         params = parameters(args)
+        self.name = args["model_name"]
         self.ttl_s = float(params.get("session_ttl_s", "600"))
         self.max_sessions = int(params.get("max_sessions", "16"))
         self.mask_threshold = float(params.get("mask_threshold", "0.0"))
@@ -50,7 +59,9 @@ class TritonPythonModel:
         self.tracker = VideoTracker(graphs, config, max_objects=int(params.get("max_objects", "16")),
                                     max_frames=int(params.get("max_frames", "2000")),
                                     max_frame_bytes=int(params.get("max_frame_bytes", str(1 << 30))),
-                                    max_memory_bytes=int(params.get("max_memory_bytes", str(2 << 30))))
+                                    max_memory_bytes=int(params.get("max_memory_bytes", str(2 << 30))),
+                                    max_total_bytes=int(params.get("max_total_bytes", str(8 << 30))),
+                                    held_bytes=self._held_bytes)
         self.sessions: dict[int, VideoSession] = {}
         self.metric_family = pb_utils.MetricFamily(name="segserve_triton_video_sessions",
                                                    description="SAM 2 video sessions held in this model instance",
@@ -63,56 +74,56 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             corrid = int(scalar(request, "CORRID"))
-            try:
-                responses.append(self._handle(request, corrid))
-            except TrackerError as exc:
-                responses.append(error_response(f"{exc.code}: {exc.message}"))
-            except RequestError as exc:
-                responses.append(error_response(str(exc)))
-            except Exception as exc:  # one bad request must not take the others down
-                responses.append(error_response(f"INTERNAL: {type(exc).__name__}: {exc}"))
-            if scalar(request, "END"):
-                self.sessions.pop(corrid, None)
+            responses.append(answer(request, partial(self._handle, corrid=corrid), self.name, f" (sequence {corrid})"))
+            if scalar(request, "END") and self.sessions.pop(corrid, None) is not None:
+                pb_utils.Logger.log_verbose(f"{self.name}: closed sequence {corrid}")
         self.sessions_gauge.set(len(self.sessions))
         return responses
+
+    def _held_bytes(self) -> int:
+        return sum(s.held_bytes for s in self.sessions.values())
 
     def _evict_expired(self) -> None:
         now = time.monotonic()
         for corrid in [c for c, s in self.sessions.items() if now - s.last_used > self.ttl_s]:
             del self.sessions[corrid]
+            pb_utils.Logger.log_verbose(f"{self.name}: sequence {corrid} expired after {self.ttl_s:g} s idle")
 
     def _handle(self, request, corrid: int):
         op = int(scalar(request, "OP", OP_INFO))
         frames = optional_input(request, "FRAMES")
         if scalar(request, "START"):
+            self.sessions.pop(corrid, None)  # START begins a new sequence under this id
             if frames is None:
-                raise RequestError("INVALID_ARGUMENT", "FRAMES are required on the first request of a session")
-            if corrid not in self.sessions and len(self.sessions) >= self.max_sessions:
-                raise RequestError("RESOURCE_EXHAUSTED", f"this instance already holds {self.max_sessions} video sessions")
+                raise ModelRefusal(INVALID_ARGUMENT, "FRAMES are required on the first request of a session")
+            if len(self.sessions) >= self.max_sessions:
+                raise ModelRefusal(RESOURCE_EXHAUSTED, f"this instance already holds {self.max_sessions} video sessions")
             session = VideoSession()
             self.tracker.add_frames(session, list(frames[0]))
             self.sessions[corrid] = session
         else:
             session = self.sessions.get(corrid)
             if session is None:
-                raise RequestError("NOT_FOUND", f"video session {corrid} is not open here (ended or expired)")
+                raise ModelRefusal(NOT_FOUND, "this server does not hold the video session (ended, expired, never "
+                                              "opened, or the server restarted)")
             session.last_used = time.monotonic()
             if op == OP_FRAMES:
                 if frames is None:
-                    raise RequestError("INVALID_ARGUMENT", "FRAMES missing")
+                    raise ModelRefusal(INVALID_ARGUMENT, "FRAMES missing")
                 self.tracker.add_frames(session, list(frames[0]))
         session.last_used = time.monotonic()
         outputs = {}
         if op == OP_PROMPT:
             result = self._prompt(request, session)
         elif op == OP_STEP:
-            result = self.tracker.step(session, int(scalar(request, "FRAME_INDEX", -1)), bool(scalar(request, "REVERSE", False)))
+            result = self.tracker.step(session, int(scalar(request, "FRAME_INDEX", -1)), bool(scalar(request, "REVERSE", False)),
+                                       cancelled=request.is_cancelled)
         else:
             result = None
             if op == OP_REMOVE:
                 ids = optional_input(request, "OBJ_IDS")
                 if ids is None or ids.size != 1:
-                    raise RequestError("INVALID_ARGUMENT", "OBJ_IDS must hold one object id")
+                    raise ModelRefusal(INVALID_ARGUMENT, "OBJ_IDS must hold one object id")
                 self.tracker.remove_object(session, int(ids.reshape(-1)[0]))
             elif op == OP_START_FRAME:
                 outputs["OUT_FRAME_INDEX"] = np.array([[self.tracker.start_frame(session)]], np.int32)
@@ -138,10 +149,10 @@ class TritonPythonModel:
         coords = optional_input(request, "POINT_COORDS")
         labels = optional_input(request, "POINT_LABELS")
         if ids is None or coords is None or labels is None:
-            raise RequestError("INVALID_ARGUMENT", "OBJ_IDS, POINT_COORDS and POINT_LABELS are required")
+            raise ModelRefusal(INVALID_ARGUMENT, "OBJ_IDS, POINT_COORDS and POINT_LABELS are required")
         ids, coords, labels = ids.reshape(-1), coords[0], labels[0]
         if coords.ndim != 3 or coords.shape[2] != 2 or labels.shape != coords.shape[:2] or len(ids) != len(coords):
-            raise RequestError("INVALID_ARGUMENT", "POINT_COORDS [O, N, 2], POINT_LABELS [O, N] and OBJ_IDS [O] must match")
+            raise ModelRefusal(INVALID_ARGUMENT, "POINT_COORDS [O, N, 2], POINT_LABELS [O, N] and OBJ_IDS [O] must match")
         masks = optional_input(request, "MASKS")
         masks = list(masks[0]) if masks is not None else []
         prompts = []
@@ -152,7 +163,8 @@ class TritonPythonModel:
             elif masks:
                 prompts.append(np.asarray(masks.pop(0)))
             else:
-                raise RequestError("INVALID_ARGUMENT", "an object without points needs a mask in MASKS")
+                raise ModelRefusal(INVALID_ARGUMENT, "an object without points needs a mask in MASKS")
         if masks:
-            raise RequestError("INVALID_ARGUMENT", "more MASKS than objects without points")
-        return self.tracker.add_prompts(session, int(scalar(request, "FRAME_INDEX", -1)), [int(i) for i in ids], prompts)
+            raise ModelRefusal(INVALID_ARGUMENT, "more MASKS than objects without points")
+        return self.tracker.add_prompts(session, int(scalar(request, "FRAME_INDEX", -1)), [int(i) for i in ids], prompts,
+                                        cancelled=request.is_cancelled)

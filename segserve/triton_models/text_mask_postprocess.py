@@ -15,10 +15,11 @@ from segserve.triton_models.common import parameters, respond_each
 
 class TritonPythonModel:
     def initialize(self, args):
+        self.name = args["model_name"]
         self.threshold = float(parameters(args).get("mask_threshold", "0.0"))
 
     def execute(self, requests):
-        return respond_each(requests, self._handle)
+        return respond_each(requests, self._handle, self.name)
 
     def _handle(self, request):
         get = lambda name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()  # noqa: E731
