@@ -55,7 +55,9 @@ COPY --from=build /opt/segserve /opt/segserve
 USER 10001:10001
 WORKDIR /home/segserve
 
-# gRPC API and Prometheus metrics.
+# gRPC API and Prometheus metrics. The orchestrator binds loopback unless told otherwise; in its
+# own container it must listen on every interface.
+ENV SEGSERVE_HOST=0.0.0.0
 EXPOSE 50051 9464
 
 ENTRYPOINT ["segserve", "orchestrator"]

@@ -55,8 +55,9 @@ def cmd_build_repo(args) -> None:
     print(f"{args.target} repository at {args.out}: {', '.join(names)}")
 
 
-def _wait_forever(stop_callbacks) -> None:
-    """Block until SIGINT (Ctrl-C) or SIGTERM (Kubernetes), then run the stop callbacks."""
+def _wait_forever(stop_callbacks, failed: threading.Event | None = None) -> None:
+    """Block until SIGINT (Ctrl-C) or SIGTERM (Kubernetes), or until `failed` is set, then run the
+    stop callbacks; exit non-zero after `failed`."""
     event = threading.Event()
     # Installed explicitly: a process started in the background inherits SIGINT as ignored, and
     # SIGTERM would otherwise kill without stopping Triton.
@@ -66,10 +67,13 @@ def _wait_forever(stop_callbacks) -> None:
         # Timed: the handler runs only when the main thread wakes, and the kernel may hand the
         # signal to another thread (gRPC's, ORT's).
         while not event.wait(0.5):
-            pass
+            if failed is not None and failed.is_set():
+                break
     finally:
         for stop in stop_callbacks:
             stop()
+    if failed is not None and failed.is_set():
+        sys.exit("segserve: tritonserver could not be restarted; exiting so that the pod is restarted")
 
 
 def cmd_triton(args) -> None:
@@ -84,19 +88,26 @@ def cmd_orchestrator(args) -> None:
     from segserve.orchestrator.server import serve_forever
     from segserve.orchestrator.settings import Settings
 
-    serve_forever(Settings.from_env(triton_url=args.triton_url, grpc_port=args.port, metrics_port=args.metrics_port))
+    serve_forever(Settings.from_env(triton_url=args.triton_url, grpc_port=args.port, metrics_port=args.metrics_port,
+                                    host=args.host))
 
 
 def cmd_serve(args) -> None:
+    import logging
+
     from segserve.orchestrator.settings import Settings
     from segserve.runtime.stack import start_stack
+    from segserve.runtime.supervisor import RestartPolicy
 
-    stack = start_stack(args.repository, args.workspace, Settings.from_env(), ports={
+    policy = RestartPolicy(max_failures=args.triton_max_restarts, initial_backoff_s=args.triton_restart_backoff_s)
+    stack = start_stack(args.repository, args.workspace, Settings.from_env(host=args.host), ports={
         "grpc": args.port, "metrics": args.metrics_port, "triton_grpc": args.triton_grpc_port,
-        "triton_http": args.triton_http_port, "triton_metrics": args.triton_metrics_port})
+        "triton_http": args.triton_http_port, "triton_metrics": args.triton_metrics_port}, restart=policy)
     print(f"segserve ready: gRPC {stack.address}, metrics :{args.metrics_port}, "
           f"Triton {stack.triton.grpc_url} (Ctrl-C stops)", flush=True)
-    _wait_forever([stack.stop])
+    # From here on, the supervisor and the health watcher report Triton's deaths and restarts.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _wait_forever([stack.stop], stack.failed)
 
 
 def cmd_segment(args) -> None:
@@ -299,6 +310,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--triton-url", default=None, help="host:port of Triton gRPC (or SEGSERVE_TRITON_URL)")
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--metrics-port", type=int, default=None)
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1, or SEGSERVE_HOST; "
+                                               "0.0.0.0 to accept other machines)")
     p.set_defaults(func=cmd_orchestrator)
 
     p = sub.add_parser("serve", help="run embedded Triton and the orchestrator together")
@@ -309,6 +322,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--triton-grpc-port", type=int, default=8001)
     p.add_argument("--triton-http-port", type=int, default=8000)
     p.add_argument("--triton-metrics-port", type=int, default=8002)
+    p.add_argument("--host", default=None, help="address the orchestrator binds (default 127.0.0.1, or "
+                                               "SEGSERVE_HOST); Triton always stays on loopback")
+    p.add_argument("--triton-max-restarts", type=int, default=5,
+                   help="exit non-zero after this many failed restarts of Triton in a row")
+    p.add_argument("--triton-restart-backoff-s", type=float, default=0.5,
+                   help="wait before restarting Triton, doubled after each failure (at most 30 s)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("segment", help="segment an image with point / box prompts")

@@ -71,6 +71,12 @@ def test_keys_come_from_settings_files(tmp_path):
     ref = SessionRef("image", "a:1", 1, 2, 3)
     assert IdSigner(b"c" * 40).verify(signer.sign(ref), "image") == ref
     assert signer.verify(IdSigner(b"p" * 40).sign(ref), "image") == ref
+    # The Secret's `previous` file exists only during a rotation.
+    alone = IdSigner.from_settings(Settings(id_key_file=str(tmp_path / "current"),
+                                            id_key_previous_file=str(tmp_path / "missing")))
+    assert alone.verify(signer.sign(ref), "image") == ref
+    with pytest.raises(FileNotFoundError):
+        IdSigner.from_settings(Settings(id_key_file=str(tmp_path / "missing")))
     with pytest.raises(ValueError):
         IdSigner(b"short")
 

@@ -191,6 +191,9 @@ BAD_VALUES = {
     "repository path escaping the claim": {
         "triton": {"modelRepository": {"mode": "pvc", "pvc": {"claimName": "c", "path": "../etc"}}}
     },
+    "id key secret not a DNS name": {"orchestrator": {"idKey": {"existingSecret": "Id_Key"}}},
+    "unknown id key field": {"orchestrator": {"idKey": {"secret": "id-key"}}},
+    "bind address not an IP": {"orchestrator": {"bindAddress": "everywhere"}},
 }
 
 
@@ -325,6 +328,71 @@ def test_probes(chart, variant):
     assert {p["name"]: p["containerPort"] for p in orc["ports"]} == {"grpc": 50051, "metrics": 9464}
     for probe in ("livenessProbe", "readinessProbe"):
         assert orc[probe]["grpc"]["port"] == 50051  # grpc.health.v1.Health/Check
+    # Readiness follows Triton (the default service); liveness only the process, so that a Triton
+    # outage takes the pods out of the Service without restarting them.
+    assert "service" not in orc["readinessProbe"]["grpc"]
+    assert orc["livenessProbe"]["grpc"]["service"] == "liveness"
+
+
+def _orchestrator(docs) -> tuple[dict[str, Any], dict[str, Any]]:
+    pod = _one(docs, "Deployment", "orchestrator")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return pod, container
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_orchestrator_binds_every_address_explicitly(chart, variant):
+    # The orchestrator binds 127.0.0.1 unless told otherwise: in a pod, the chart tells it.
+    _, orc = _orchestrator(_rendered(chart, variant))
+    env = {e["name"]: e.get("value") for e in orc["env"]}
+    assert env["SEGSERVE_HOST"] == "0.0.0.0"
+    _, orc = _orchestrator(_render(chart, {"orchestrator": {"bindAddress": "::"}}))
+    assert {"name": "SEGSERVE_HOST", "value": "::"} in orc["env"]
+
+
+def _id_key_files(pod: dict[str, Any], orc: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """The id-key Secret's name, and the *_FILE variables resolved to (mount, file name)."""
+    (mount,) = [m for m in orc["volumeMounts"] if m["name"] == "id-key"]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "id-key"]
+    assert volume["secret"]["defaultMode"] == 0o440  # group-readable: the pod's fsGroup
+    assert "items" not in volume["secret"]  # `previous` is optional: a listed missing key fails the mount
+    env = {e["name"]: e.get("value") for e in orc["env"]}
+    assert "SEGSERVE_ID_KEY" not in env and "SEGSERVE_ID_KEY_PREVIOUS" not in env  # never in the pod spec
+    files = {}
+    for name in ("SEGSERVE_ID_KEY_FILE", "SEGSERVE_ID_KEY_PREVIOUS_FILE"):
+        directory, _, key = env[name].rpartition("/")
+        assert directory == mount["mountPath"]
+        files[name] = key
+    assert files == {"SEGSERVE_ID_KEY_FILE": "current", "SEGSERVE_ID_KEY_PREVIOUS_FILE": "previous"}
+    return volume["secret"]["secretName"], files
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_id_key_secret_created_by_the_chart(chart, variant):
+    import base64
+
+    docs = _rendered(chart, variant)
+    pod, orc = _orchestrator(docs)
+    secret_name, _ = _id_key_files(pod, orc)
+    (secret,) = [d for d in _find(docs, "Secret", "orchestrator") if d["metadata"]["name"] == secret_name]
+    key = base64.b64decode(secret["data"]["current"]).decode()
+    assert len(key) == 48 and key.isalnum()
+    assert "previous" not in secret["data"]
+    assert secret["type"] == "Opaque" and secret["metadata"]["namespace"] == NAMESPACE
+    # One key for every replica: it is in the pod template, and no other pod sees it.
+    triton_pod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    assert secret_name not in json.dumps(triton_pod)
+
+
+def test_id_key_from_an_existing_secret(chart):
+    docs = _render(chart, {"orchestrator": {"idKey": {"existingSecret": "segserve-id-key"}}})
+    assert not _find(docs, "Secret")
+    pod, orc = _orchestrator(docs)
+    secret_name, _ = _id_key_files(pod, orc)
+    assert secret_name == "segserve-id-key"
+    for doc in docs:
+        _validate_object(doc)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

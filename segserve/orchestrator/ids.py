@@ -49,7 +49,11 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _read_key(inline: str, path: str) -> bytes | None:
+def _read_key(inline: str, path: str, optional_file: bool = False) -> bytes | None:
+    """A key given inline or as a file (a mounted Secret). The previous key's file exists only
+    during a rotation, so it may be missing; the current key's file may not."""
+    if path and optional_file and not Path(path).exists():
+        return None
     value = Path(path).read_text().strip() if path else inline.strip()
     return value.encode() if value else None
 
@@ -69,7 +73,7 @@ class IdSigner:
             log.warning("SEGSERVE_ID_KEY is not set: session ids are signed with a key of this process only, "
                         "so other orchestrator replicas cannot serve them")
             key = secrets.token_bytes(32)
-        return cls(key, _read_key(settings.id_key_previous, settings.id_key_previous_file))
+        return cls(key, _read_key(settings.id_key_previous, settings.id_key_previous_file, optional_file=True))
 
     def _tag(self, key: bytes, payload: bytes) -> bytes:
         return hmac.new(key, VERSION.encode() + b"." + payload, hashlib.sha256).digest()[:TAG_BYTES]

@@ -4,24 +4,36 @@ The wheel ships the server, the Python backend and one backend stub per Python v
 must sit inside the backend directory, so a runnable backend tree is assembled once under the
 workspace. Python models run in the stub's embedded interpreter, which is told where this venv's
 packages and the project live through PYTHONPATH.
+
+Lifetime: Triton runs in its own process group (its Python-backend stubs join it) and is told to
+die with this process (PR_SET_PDEATHSIG), so a crashed orchestrator never leaves it holding the
+ports. Its stubs exchange tensors through /dev/shm regions named from a prefix unique to this
+instance, so the regions a killed Triton leaves behind can be removed without touching another
+Triton on the same machine.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import queue
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SHM_DIR = Path("/dev/shm")
 
 
 class TritonLaunchError(RuntimeError):
@@ -77,6 +89,96 @@ def server_env() -> dict[str, str]:
     return env
 
 
+# Resolved before any fork: the child may only make this one foreign call between fork and exec.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int):
+    def preexec() -> None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+    return preexec
+
+
+_spawn_requests: queue.SimpleQueue = queue.SimpleQueue()
+_spawner_lock = threading.Lock()
+_spawner: threading.Thread | None = None
+
+
+def _spawner_loop() -> None:
+    while True:
+        task, future = _spawn_requests.get()
+        try:
+            future.set_result(task())
+        except BaseException as exc:  # handed to the caller, which raises it
+            future.set_exception(exc)
+
+
+def _in_process_lifetime_thread(task):
+    """Run `task` (a fork) in a daemon thread that lives as long as this process.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process: a Triton
+    forked from a supervisor's or a caller's short-lived thread would be killed with that thread.
+    """
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = threading.Thread(target=_spawner_loop, name="segserve-triton-spawner", daemon=True)
+            _spawner.start()
+    future: Future = Future()
+    _spawn_requests.put((task, future))
+    return future.result()
+
+
+# Only the regions of our Python backends carry this head: the sweep below never looks at others.
+SHM_PREFIX_HEAD = "segserve_pybe_"
+
+
+def _unique_shm_prefix() -> str:
+    return f"{SHM_PREFIX_HEAD}{os.getpid()}_{secrets.token_hex(4)}_"
+
+
+def orphaned_shm_regions() -> list[Path]:
+    """Regions of embedded Tritons that no running process refers to any more.
+
+    A region is in use only by its Triton (whose command line carries the prefix) and its stubs
+    (whose command lines carry the region's name). Regions are listed before the processes are, so
+    a region created meanwhile belongs to a process that the scan sees.
+    """
+    try:
+        regions = [p for p in SHM_DIR.iterdir() if p.name.startswith(SHM_PREFIX_HEAD)]
+    except OSError:
+        return []
+    if not regions:
+        return []
+    command_lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            command_lines.append(cmdline.read_bytes())
+    in_use = b"\0".join(command_lines)
+
+    def prefix(name: str) -> bytes:  # HEAD + "<pid>_<token>_<uuid>" -> HEAD + "<pid>_<token>_"
+        pid, token = (name[len(SHM_PREFIX_HEAD):].split("_", 2) + ["", ""])[:2]
+        return f"{SHM_PREFIX_HEAD}{pid}_{token}_".encode()
+
+    return sorted(p for p in regions if prefix(p.name) not in in_use)
+
+
+def remove_orphaned_shm_regions() -> list[Path]:
+    """Remove what a Triton killed with its orchestrator (which then could not clean up) left behind.
+
+    In a pod, /dev/shm is an emptyDir that outlives a container restart: without this sweep, each
+    crash would leave up to hundreds of MiB counted against the pod's memory.
+    """
+    removed = orphaned_shm_regions()
+    for path in removed:
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            path.unlink()
+    return removed
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -105,6 +207,13 @@ class EmbeddedTriton:
     log_verbose: int = 0
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = None
+    # Names every Python-backend shm region of this instance (and of its restarts): the pid says
+    # whose it is when one is found in /dev/shm, the random part keeps instances of one process apart.
+    shm_prefix: str = field(default_factory=_unique_shm_prefix)
+
+    def __post_init__(self) -> None:
+        # Serialises stop() and reap(): whichever runs first kills the group and reaps.
+        self._exit_lock = threading.Lock()
 
     @property
     def grpc_url(self) -> str:
@@ -136,6 +245,7 @@ class EmbeddedTriton:
             # Python-backend stubs talk to the server through /dev/shm regions.
             "--backend-config=python,shm-default-byte-size=16777216",
             "--backend-config=python,shm-growth-byte-size=16777216",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *self.extra_args,
         ]
 
@@ -146,11 +256,14 @@ class EmbeddedTriton:
             if not port_is_free(port):
                 raise TritonLaunchError(f"{name} port {port} is already in use; choose another with --{name}-port")
         self.workspace.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True
-        )
-        log.close()
+        remove_orphaned_shm_regions()
+        if self.log_path.exists():  # keep the log of the previous run (a crash's) beside the new one
+            self.log_path.replace(self.log_path.with_suffix(".previous.log"))
+        command, env = self.command(), server_env()
+        with open(self.log_path, "wb") as log:
+            self.process = _in_process_lifetime_thread(lambda: subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid())))
         self._wait_ready(timeout_s)
         return self
 
@@ -159,9 +272,10 @@ class EmbeddedTriton:
         deadline = time.monotonic() + timeout_s
         try:
             while time.monotonic() < deadline:
-                if self.process.poll() is not None:
+                if self.exited():
+                    code = self.reap()
                     raise TritonLaunchError(
-                        f"tritonserver exited with code {self.process.returncode}; last log lines:\n{self.log_tail()}"
+                        f"tritonserver exited with code {code}; last log lines:\n{self.log_tail()}"
                     )
                 with contextlib.suppress(Exception):
                     if client.is_server_ready():
@@ -178,18 +292,61 @@ class EmbeddedTriton:
         except OSError:
             return "(no log)"
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        # SIGINT asks Triton to unload models and exit; the stubs go with it.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGINT)
+    def exited(self, block: bool = False) -> bool:
+        """Whether Triton has exited, without reaping it (`block`: wait until it has).
+
+        Until it is reaped, its pid (which is also its process group id) cannot be reused, so
+        signalling the group afterwards reaches its own stubs and nothing else.
+        """
+        if self.process is None or self.process.returncode is not None:
+            return True
+        flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
         try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+            return os.waitid(os.P_PID, self.process.pid, flags) is not None
+        except ChildProcessError:  # reaped meanwhile by another thread
+            return True
+
+    def reap(self) -> int | None:
+        """After Triton exited: kill what is left of its group, reap it, remove its shm regions.
+
+        A SIGKILLed Triton cannot stop its Python-backend stubs, and they keep running (they watch
+        a parent that, as an unreaped zombie, still looks alive), holding GBs and the shm regions.
+        """
+        with self._exit_lock:
+            if self.process is None:
+                return None
+            if self.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            self.remove_shm_regions()
+            return self.process.returncode
+
+    def shm_regions(self) -> list[Path]:
+        """This instance's Python-backend regions in /dev/shm."""
+        try:
+            return sorted(p for p in SHM_DIR.iterdir() if p.name.startswith(self.shm_prefix))
+        except OSError:
+            return []
+
+    def remove_shm_regions(self) -> list[Path]:
+        removed = self.shm_regions()
+        for path in removed:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return removed
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.process is None:
+            return
+        if not self.exited():
+            # SIGINT asks Triton to unload its models (stopping the stubs) and exit.
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+                os.killpg(self.process.pid, signal.SIGINT)
+            deadline = time.monotonic() + timeout_s
+            while not self.exited() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.reap()  # SIGKILLs Triton too when it did not exit in time
 
     def __enter__(self) -> "EmbeddedTriton":
         return self.start() if self.process is None else self

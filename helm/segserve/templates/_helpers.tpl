@@ -83,6 +83,13 @@ app.kubernetes.io/component: orchestrator
 {{- end }}
 
 {{/*
+The Secret holding the HMAC key of image and video ids: the user's, or the one the chart creates.
+*/}}
+{{- define "segserve.orchestrator.idKeySecret" -}}
+{{- default (printf "%s-id-key" (include "segserve.orchestrator.fullname" .)) .Values.orchestrator.idKey.existingSecret }}
+{{- end }}
+
+{{/*
 Images.
 */}}
 {{- define "segserve.orchestrator.image" -}}
