@@ -181,9 +181,10 @@ def test_too_many_objects_and_combinations(tclient, photo):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("image")
 
 
-def test_non_utf8_text_is_refused_by_grpc(text_stack):
-    """`text` is a proto3 string: a message carrying bytes that are not UTF-8 is refused by the gRPC
-    layer while parsing, before any handler runs (the server keeps serving)."""
+def test_non_utf8_text_is_refused_naming_the_field(text_stack):
+    """`text` is a proto3 string: a message carrying bytes that are not UTF-8 cannot be parsed; the
+    request deserializer marks it and the RPC answers INVALID_ARGUMENT naming the field (the
+    server keeps serving)."""
     from segserve.api import pb
 
     body = pb.DetectRequest(image=b"\x89PNG").SerializeToString() + b"\x12\x02\xff\xfe"  # field 2 (text)
@@ -192,8 +193,8 @@ def test_non_utf8_text_is_refused_by_grpc(text_stack):
                                    response_deserializer=None)
         with pytest.raises(grpc.RpcError) as err:
             call(body, timeout=30)
-    assert err.value.code() == grpc.StatusCode.INTERNAL
-    assert err.value.details() == "Exception deserializing request!"
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "text: must be valid UTF-8"
     from segserve.client import SegservClient
 
     with SegservClient(text_stack.address) as client:  # still serving

@@ -74,18 +74,19 @@ def _record(name: str, start: float, code: grpc.StatusCode) -> None:
     REQUESTS.labels(method=name, code=code.name).inc()
 
 
-def _fail(name: str, context, exc: BaseException) -> grpc.StatusCode:
-    """Abort the call for `exc`; returns the code it is counted under."""
+def _code_of(exc: BaseException) -> grpc.StatusCode:
+    return exc.code if isinstance(exc, ServiceError) else grpc.StatusCode.INTERNAL
+
+
+def _abort(name: str, context, exc: BaseException) -> None:
+    """End the call for `exc` (raises): a ServiceError with its own code and message, anything else
+    as INTERNAL with the traceback logged (and no detail for the client)."""
     if isinstance(exc, ServiceError):
-        code, message = exc.code, exc.message
-        if code == grpc.StatusCode.INTERNAL:
-            log.error("%s failed: %s", name, message)
-    else:
-        code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
-        log.exception("%s failed", name)
-    code = _final_code(code, context)
-    context.abort(code, message)
-    return code  # not reached: abort raises
+        if exc.code == grpc.StatusCode.INTERNAL:
+            log.error("%s failed: %s", name, exc.message)
+        context.abort(_final_code(exc.code, context), exc.message)
+    log.exception("%s failed", name)
+    context.abort(_final_code(grpc.StatusCode.INTERNAL, context), f"internal error: {type(exc).__name__}")
 
 
 def unary(method):
@@ -98,8 +99,8 @@ def unary(method):
             code = _final_code(code, context)
             return result
         except Exception as exc:
-            code = _final_code(exc.code if isinstance(exc, ServiceError) else grpc.StatusCode.INTERNAL, context)
-            _fail(name, context, exc)
+            code = _final_code(_code_of(exc), context)  # before the abort ends the call
+            _abort(name, context, exc)
         finally:
             _record(name, start, code)
 
@@ -118,8 +119,8 @@ def server_stream(method):
             code = _final_code(grpc.StatusCode.CANCELLED, context)
             raise
         except Exception as exc:
-            code = _final_code(exc.code if isinstance(exc, ServiceError) else grpc.StatusCode.INTERNAL, context)
-            _fail(name, context, exc)
+            code = _final_code(_code_of(exc), context)  # before the abort ends the call
+            _abort(name, context, exc)
         finally:
             _record(name, start, code)
 

@@ -81,6 +81,7 @@ class ImageSessions:
         self._cache: OrderedDict[str, str] = OrderedDict()  # image sha256 -> image_id (implicit)
         self._opening: dict[str, threading.Event] = {}
         self._pending_opens = 0
+        self._to_end: list[ImageSession] = []  # retired under the lock, ENDed after it
         self._closed: OrderedDict[str, None] = OrderedDict()  # recently closed ids: NOT_FOUND, not adopted
 
     # ---- bookkeeping (callers hold self._lock) -------------------------------------------------
@@ -171,7 +172,8 @@ class ImageSessions:
             self._retire_locked(session)
             raise not_found("image_id", f"{quote(image_id)}: {RESTARTED}")
         elif time.monotonic() - session.last_used > self.ttl_s:
-            self._retire_locked(session)
+            if self._retire_locked(session):
+                self._to_end.append(session)  # Triton keeps the sequence's slot until END
             raise not_found("image_id", f"{quote(image_id)} expired after {self.ttl_s:.0f} s idle")
         return session
 
@@ -179,16 +181,17 @@ class ImageSessions:
     def lease(self, image_id: str):
         """The session of an image_id, held for the duration of the block. A NOT_FOUND from Triton
         inside the block forgets the session (Triton no longer holds it)."""
-        with self._lock:
-            session = self._resolve_locked(image_id)
-            session.leases += 1
-            session.last_used = time.monotonic()
+        try:
+            with self._lock:
+                session = self._resolve_locked(image_id)
+                session.leases += 1
+                session.last_used = time.monotonic()
+        finally:
+            self._end_dropped()
         try:
             yield session
         except ServiceError as exc:
-            if exc.code == grpc.StatusCode.NOT_FOUND:
-                with self._lock:
-                    self._retire_locked(session)
+            self._forget_if_gone(session, exc)
             raise
         else:
             with self._lock:
@@ -196,6 +199,17 @@ class ImageSessions:
                     self._sessions[image_id] = session  # Triton answered for it: adopted
         finally:
             self._release(session)
+
+    def _end_dropped(self) -> None:
+        with self._lock:
+            sessions, self._to_end = self._to_end, []
+        self._end(sessions)
+
+    def _forget_if_gone(self, session: ImageSession, exc: ServiceError) -> None:
+        """A NOT_FOUND from Triton: it no longer holds the sequence, so neither do we."""
+        if exc.code == grpc.StatusCode.NOT_FOUND:
+            with self._lock:
+                self._retire_locked(session)
 
     def _release(self, session: ImageSession) -> None:
         with self._lock:
@@ -260,16 +274,18 @@ class ImageSessions:
         try:
             yield session, hit
         except ServiceError as exc:
-            if exc.code == grpc.StatusCode.NOT_FOUND:
-                with self._lock:
-                    self._retire_locked(session)
+            self._forget_if_gone(session, exc)
             raise
         finally:
             self._release(session)
 
     def close(self, image_id: str) -> None:
+        try:
+            with self._lock:
+                session = self._resolve_locked(image_id)
+        finally:
+            self._end_dropped()
         with self._lock:
-            session = self._resolve_locked(image_id)
             if session.implicit:
                 raise not_found("image_id", f"{quote(image_id)} is not open (never opened, closed or expired)")
             self._closed[image_id] = None

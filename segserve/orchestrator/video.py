@@ -138,6 +138,7 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
         self._ended: dict[str, None] = {}
         self._params: dict[str, str] | None = None
         self.signer = service.images.signer  # one key for every id this orchestrator issues
+        self._to_end: list[VideoSession] = []
 
     # ---- configuration from the tracker model ------------------------------------------
     def params(self) -> dict[str, str]:
@@ -179,6 +180,16 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
         now = time.monotonic()
         for session in [s for s in self._sessions.values() if now - s.last_used > self.ttl_s]:
             self._drop_locked(session)
+            self._to_end.append(session)
+
+    def _end_dropped(self) -> None:
+        """END the sequences of sessions dropped here (expired, or gone from the model): Triton keeps
+        a sequence's slot until END or its own idle limit, which sits a margin past the TTL."""
+        with self._lock:
+            sessions, self._to_end = self._to_end, []
+        for session in sessions:
+            if session.generation == session.replica.generation:
+                Tracker(session.replica).end(session)
 
     def _drop_locked(self, session: VideoSession) -> None:
         if self._sessions.pop(session.session_id, None) is not None:
@@ -193,28 +204,35 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
             raise invalid("session_id", "is required")
         if self.signer.verify(session_id, "video") is None:
             raise not_found("session_id", f"{quote(session_id)} is not a video session id issued by this service")
-        with self._lock:
-            self._expire_locked()
-            session = self._sessions.get(session_id)
-            if session is None:
-                state = "ended or expired" if session_id in self._ended else "not held by this orchestrator"
-                raise not_found("session_id", f"{quote(session_id)} is not open ({state})")
-            if session.generation != session.replica.generation:
-                self._drop_locked(session)
-                raise not_found("session_id", f"{quote(session_id)}: the Triton server holding it restarted, and "
-                                              "its sessions were lost: start the session again")
-            session.last_used = time.monotonic()
-            return session
+        try:
+            with self._lock:
+                self._expire_locked()
+                session = self._sessions.get(session_id)
+                if session is None:
+                    state = "ended or expired" if session_id in self._ended else "not held by this orchestrator"
+                    raise not_found("session_id", f"{quote(session_id)} is not open ({state})")
+                if session.generation != session.replica.generation:
+                    self._drop_locked(session)
+                    raise not_found("session_id", f"{quote(session_id)}: the Triton server holding it restarted, "
+                                                  "and its sessions were lost: start the session again")
+                session.last_used = time.monotonic()
+                return session
+        finally:
+            self._end_dropped()
 
     def _forget_if_gone(self, session: VideoSession, exc: ServiceError) -> None:
         if isinstance(exc, SessionGone):
             with self._lock:
                 self._drop_locked(session)
+                self._to_end.append(session)
+            self._end_dropped()
 
     def _place(self) -> VideoSession:
         max_per_replica = int(self.params().get("max_sessions", "16"))
         with self._lock:
             self._expire_locked()
+        self._end_dropped()
+        with self._lock:
             replica = self.pool.place()
             held = sum(1 for s in self._sessions.values() if s.replica is replica)
             if held >= max_per_replica:
