@@ -218,3 +218,15 @@ def test_unknown_mask_format_is_refused(client, session):
     with pytest.raises(grpc.RpcError) as info:
         stub.MaskFromPrompt(request, timeout=30)
     assert info.value.code() == INVALID and info.value.details().startswith("mask_format")
+
+
+def test_default_limits_fit_the_session_models_cap():
+    """Explicit sessions plus the embedding cache fit in the session model's default cap, so
+    OpenImage's stated limit is reachable even with the cache full."""
+    import inspect
+
+    from segserve.orchestrator.settings import Settings
+    from segserve.repository.builder import build_repository
+
+    model_cap = inspect.signature(build_repository).parameters["max_sessions"].default
+    assert Settings().max_image_sessions + Settings().embedding_cache_size <= model_cap

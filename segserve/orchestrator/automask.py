@@ -33,7 +33,8 @@ log = logging.getLogger("segserve.orchestrator")
 # (field, default, kind, low, high, low_inclusive, high_inclusive)
 _LIMITS = [
     ("points_per_side", 32, int, 1, 256, True, True),
-    ("points_per_batch", 64, int, 1, 1024, True, True),
+    # Each prompt's logits are 3 x 256 x 256 float32 (768 KiB): 256 prompts are ~200 MB a call.
+    ("points_per_batch", 64, int, 1, 256, True, True),
     ("pred_iou_thresh", 0.8, float, 0.0, 1.0, True, True),
     ("stability_score_thresh", 0.95, float, 0.0, 1.0, True, True),
     ("stability_score_offset", 1.0, float, 0.0, 100.0, False, True),

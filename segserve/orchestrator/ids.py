@@ -95,6 +95,10 @@ class IdSigner:
             payload, tag = _unb64(parts[1]), _unb64(parts[2])
         except (ValueError, TypeError):
             return None
+        # One spelling per id: base64 decoding ignores padding and unused bits, which would let a
+        # client mint aliases of a genuine id (each a separate registry entry) without the key.
+        if _b64(payload) != parts[1] or _b64(tag) != parts[2]:
+            return None
         if not any(hmac.compare_digest(tag, self._tag(key, payload)) for key in self._keys):
             return None
         # Authentic from here on: the fields were written by an orchestrator holding the key.

@@ -20,7 +20,9 @@ class Settings:
     max_points: int = 64
     max_boxes: int = 32
     max_automask_points: int = 16384  # GenerateMasks: grid points over all crops, per request
-    max_image_sessions: int = 64  # explicit OpenImage sessions, per orchestrator
+    # Explicit OpenImage sessions and cached implicit ones, per orchestrator: together within the
+    # session model's default cap (64, `segserve build-repo`), so the stated limit is the real one.
+    max_image_sessions: int = 48
     embedding_cache_size: int = 16  # implicit sessions for images sent as bytes
     session_ttl_s: float = 600.0  # replaced by the TTL in Triton's session-model config once read
     triton_timeout_s: float = 120.0

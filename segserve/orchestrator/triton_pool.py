@@ -123,9 +123,12 @@ class Replica:
         try:
             self.infer(SESSION_MODEL, [], ["IMAGE_SIZE"], "image_id", sequence_id=sequence_id, end=True)
         except ServiceError as error:
-            gone = error.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
-            if not (gone and missing_ok):
+            # NOT_FOUND from the model, or Triton's own refusal of a sequence it no longer holds.
+            if error.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 raise
+            if not missing_ok:
+                raise ServiceError(grpc.StatusCode.NOT_FOUND,
+                                   "image_id: is not open (closed, expired, or lost when Triton restarted)") from error
 
     def model_parameters(self, model: str) -> dict[str, str]:
         """A model's config parameters; UNIMPLEMENTED when this Triton does not serve the model."""
