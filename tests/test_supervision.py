@@ -265,6 +265,10 @@ def test_orchestrator_alone_follows_a_remote_triton(embedded_repository, tmp_pat
         assert _health(running.address) == SERVING
         triton.stop()
         flipped = _wait_for(lambda: _health(running.address) == NOT_SERVING, FLIP_S, "NOT_SERVING without Triton")
+        # Calls while Triton is away are UNAVAILABLE (GetModelInfo used to say INTERNAL).
+        with SegservClient(running.address) as client, pytest.raises(grpc.RpcError) as failure:
+            client.model_info()
+        assert failure.value.code() == grpc.StatusCode.UNAVAILABLE, failure.value.details()
         triton.start(timeout_s=90)  # same ports: Triton came back
         recovered = _wait_for(lambda: _health(running.address) == SERVING, RECOVERY_S, "SERVING by itself",
                               interval_s=0.1)
