@@ -7,6 +7,7 @@ and is bounded: every wait has a deadline, and every process is stopped even whe
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import select
 import shutil
@@ -261,7 +262,14 @@ def test_orchestrator_alone_follows_a_remote_triton(embedded_repository, tmp_pat
     try:
         running = orchestrator_server.start(Settings(triton_url=triton.grpc_url, grpc_port=0, metrics_port=-1,
                                                      triton_timeout_s=5.0))
-        assert running.address.startswith("127.0.0.1:")
+        # Loopback unless told otherwise: the listening socket itself is bound to 127.0.0.1.
+        listening = [c.laddr for c in psutil.Process().net_connections(kind="tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == running.port]
+        def loopback(ip: str) -> bool:  # gRPC may listen on an IPv6 socket: ::ffff:127.0.0.1
+            address = ipaddress.ip_address(ip)
+            return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+        assert listening and all(loopback(a.ip) for a in listening), listening
         assert _health(running.address) == SERVING
         triton.stop()
         flipped = _wait_for(lambda: _health(running.address) == NOT_SERVING, FLIP_S, "NOT_SERVING without Triton")
