@@ -25,6 +25,14 @@ from .metrics import REQUEST_LATENCY, REQUESTS
 log = logging.getLogger("segserve.orchestrator")
 
 
+def departure(context) -> grpc.StatusCode | None:
+    """CANCELLED / DEADLINE_EXCEEDED once the client stopped waiting for this call, else None."""
+    if context is None or context.is_active():
+        return None
+    remaining = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+
+
 class CallScope:
     """The client side of one RPC, as the work sees it."""
 
@@ -35,13 +43,7 @@ class CallScope:
             self.done.set()  # already terminated
 
     def gone_code(self) -> grpc.StatusCode | None:
-        """CANCELLED / DEADLINE_EXCEEDED once the client stopped waiting, else None."""
-        if self.context is None or self.context.is_active():
-            return None
-        remaining = self.context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            return grpc.StatusCode.DEADLINE_EXCEEDED
-        return grpc.StatusCode.CANCELLED
+        return departure(self.context)
 
     def check(self) -> None:
         """Raise if the client is gone: called between steps of long work."""
@@ -63,10 +65,7 @@ NO_SCOPE = CallScope(None)
 
 def _final_code(exc_code: grpc.StatusCode, context) -> grpc.StatusCode:
     """The code a call is counted under: the client's departure wins over whatever stopped the work."""
-    if not context.is_active():
-        remaining = context.time_remaining()
-        return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
-    return exc_code
+    return departure(context) or exc_code
 
 
 def _record(name: str, start: float, code: grpc.StatusCode) -> None:
