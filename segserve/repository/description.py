@@ -406,7 +406,11 @@ def sam2_video_models(config: dict[str, Any], options: dict[str, Any]) -> list[M
             "mask_threshold": str(config.get("mask_threshold", 0.0)),
             "video_config": json.dumps(config, sort_keys=True),
             "intra_op_threads": str(int(options.get("video_intra_op_threads", 0))),
+            "graphs": "inprocess",  # the five graphs in ONNX Runtime inside the tracker
         },
+        # Fleet: the graphs are Triton's own (GPU) models, called through BLS; state stays on the device.
+        fleet_parameters={"graphs": "bls"},
+        calls=GRAPH_NAMES,
         requires=GRAPH_NAMES,
     )
     return [*graphs, tracker]
