@@ -8,6 +8,7 @@ from pathlib import Path
 from segserve.orchestrator import server as orchestrator_server
 from segserve.orchestrator.settings import Settings
 
+from .fleet_image import PythonRuntime
 from .supervisor import RestartPolicy, TritonSupervisor
 from .triton import EmbeddedTriton, free_port
 
@@ -66,9 +67,11 @@ def _supervise(triton: EmbeddedTriton, running: orchestrator_server.RunningOrche
 
 def start_stack(repository: Path, workspace: Path, settings: Settings | None = None,
                 ports: dict[str, int] | None = None, restart: RestartPolicy | None = None,
-                supervise: bool = True) -> Stack:
+                supervise: bool = True, python: PythonRuntime | None = None) -> Stack:
     """Start both parts on loopback; free ports are chosen unless given.
 
+    `python`: the Python the models run on (default: this interpreter; `fleet_image.fleet_python`
+    serves a fleet repository the way the fleet image's Python would).
     With `supervise`, Triton is restarted when it dies (`restart`: how often and how fast) and the
     orchestrator's health says NOT_SERVING while it is away.
     """
@@ -78,6 +81,7 @@ def start_stack(repository: Path, workspace: Path, settings: Settings | None = N
         grpc_port=ports.get("triton_grpc") or free_port(),
         http_port=ports.get("triton_http") or free_port(),
         metrics_port=ports.get("triton_metrics") or free_port(),
+        python=python,
     ).start()
     running = None
     try:

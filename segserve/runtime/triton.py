@@ -23,7 +23,6 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
 from concurrent.futures import Future
@@ -32,7 +31,8 @@ from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from .fleet_image import PythonRuntime
+
 SHM_DIR = Path("/dev/shm")
 
 
@@ -58,14 +58,14 @@ def server_binary() -> Path:
     return binary
 
 
-def prepare_backends(workspace: Path) -> Path:
-    """Assemble backends/python with the stub for this interpreter's Python version."""
+def prepare_backends(workspace: Path, version: str | None = None) -> Path:
+    """Assemble backends/python with the stub for Python `version` (default: this interpreter's)."""
     dist = _pytriton_dir() / "tritonserver"
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    version = version or f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
         raise TritonLaunchError(f"no Python backend stub for Python {version} in {stub.parent.parent}")
-    backends = workspace / "backends"
+    backends = workspace / f"backends-py{version}"
     target = backends / "python"
     if not (target / "triton_python_backend_stub").is_file():
         shutil.rmtree(backends, ignore_errors=True)
@@ -74,17 +74,22 @@ def prepare_backends(workspace: Path) -> Path:
     return backends
 
 
-def server_env() -> dict[str, str]:
+def server_env(python: PythonRuntime | None = None) -> dict[str, str]:
+    """The server's environment. By default the Python models see this interpreter's venv and the
+    project; with `python` (e.g. the fleet image's Python and packages) they see that and nothing
+    inherited, so a model importing anything beyond it fails as it would in the image."""
     env = os.environ.copy()
     libs = _pytriton_dir().parent / "nvidia_pytriton.libs"
-    # The stub links libpython3.x: prefer the library of the interpreter running us, so the models
-    # see the same standard library and the venv's packages.
-    lib_dirs = [sysconfig.get_config_var("LIBDIR") or "", str(libs), env.get("LD_LIBRARY_PATH", "")]
+    inherited_path = [] if python else [env.get("PYTHONPATH", "")]
+    python = python or PythonRuntime.current()
+    # The stub links libpython3.x: the library of that Python first, so the models see its
+    # standard library.
+    lib_dirs = [python.libdir, str(libs), env.get("LD_LIBRARY_PATH", "")]
     env["LD_LIBRARY_PATH"] = ":".join(d for d in lib_dirs if d)
-    site_packages = sysconfig.get_paths()["purelib"]
-    py_path = [str(PROJECT_ROOT), site_packages, env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = ":".join(p for p in py_path if p)
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["PYTHONPATH"] = ":".join(p for p in [*python.paths, *inherited_path] if p)
+    env.pop("PYTHONHOME", None)
+    env["PATH"] = f"{python.bindir}:{env.get('PATH', '')}" if python.bindir else env.get("PATH", "")
+    env.update(python.extra_env)
     env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     return env
 
@@ -206,6 +211,9 @@ class EmbeddedTriton:
     metrics_port: int = 8002
     log_verbose: int = 0
     extra_args: list[str] = field(default_factory=list)
+    # The Python the models run on (default: this interpreter and venv; `fleet_image.fleet_python`
+    # for the fleet image's).
+    python: PythonRuntime | None = None
     process: subprocess.Popen | None = None
     # Names every Python-backend shm region of this instance (and of its restarts): the pid says
     # whose it is when one is found in /dev/shm, the random part keeps instances of one process apart.
@@ -230,8 +238,8 @@ class EmbeddedTriton:
     def command(self) -> list[str]:
         return [
             str(server_binary()),
-            f"--model-repository={self.model_repository}",
-            f"--backend-directory={prepare_backends(self.workspace)}",
+            f"--model-repository={self.model_repository.resolve()}",
+            f"--backend-directory={prepare_backends(self.workspace.resolve(), self.python and self.python.version)}",
             f"--grpc-port={self.grpc_port}",
             f"--http-port={self.http_port}",
             f"--metrics-port={self.metrics_port}",
@@ -259,10 +267,13 @@ class EmbeddedTriton:
         remove_orphaned_shm_regions()
         if self.log_path.exists():  # keep the log of the previous run (a crash's) beside the new one
             self.log_path.replace(self.log_path.with_suffix(".previous.log"))
-        command, env = self.command(), server_env()
+        command, env = self.command(), server_env(self.python)
         with open(self.log_path, "wb") as log:
             self.process = _in_process_lifetime_thread(lambda: subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                # The stubs' interpreters put the working directory on sys.path: with a Python of its
+                # own, Triton must not run from the checkout, whose segserve would shadow the runtime's.
+                cwd=self.workspace if self.python else None,
                 preexec_fn=_die_with_parent(os.getpid())))
         self._wait_ready(timeout_s)
         return self
