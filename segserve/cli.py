@@ -50,9 +50,17 @@ def cmd_export(args) -> None:
 def cmd_build_repo(args) -> None:
     from segserve.repository.builder import build_repository
 
+    if args.cpu_standins and args.target != "fleet":
+        sys.exit("segserve: --cpu-standins applies to --target fleet")
     names = build_repository(args.artifacts, args.out, args.target, args.graph_backend, args.session_ttl_s,
                              args.max_sessions)
     print(f"{args.target} repository at {args.out}: {', '.join(names)}")
+    if args.cpu_standins:
+        from segserve.repository.standins import replace_graphs_with_cpu_standins
+        from segserve.runtime.fleet_image import standin_libraries
+
+        replaced = replace_graphs_with_cpu_standins(args.out, standin_libraries(Path("build/fleet-cpu")))
+        print(f"CPU stand-ins (not for a fleet): {', '.join(replaced)}; serve it with `segserve serve --fleet-python`")
 
 
 def _wait_forever(stop_callbacks, failed: threading.Event | None = None) -> None:
@@ -100,9 +108,15 @@ def cmd_serve(args) -> None:
     from segserve.runtime.supervisor import RestartPolicy
 
     policy = RestartPolicy(max_failures=args.triton_max_restarts, initial_backoff_s=args.triton_restart_backoff_s)
+    python = None
+    if args.fleet_python:  # the fleet image's Python and packages (docker/triton.Dockerfile), built here
+        from segserve.runtime.fleet_image import fleet_python
+
+        python = fleet_python(Path("build/fleet-cpu"))
     stack = start_stack(args.repository, args.workspace, Settings.from_env(host=args.host), ports={
         "grpc": args.port, "metrics": args.metrics_port, "triton_grpc": args.triton_grpc_port,
-        "triton_http": args.triton_http_port, "triton_metrics": args.triton_metrics_port}, restart=policy)
+        "triton_http": args.triton_http_port, "triton_metrics": args.triton_metrics_port}, restart=policy,
+        python=python)
     print(f"segserve ready: gRPC {stack.address}, metrics :{args.metrics_port}, "
           f"Triton {stack.triton.grpc_url} (Ctrl-C stops)", flush=True)
     # From here on, the supervisor and the health watcher report Triton's deaths and restarts.
@@ -296,6 +310,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--graph-backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime")
     p.add_argument("--session-ttl-s", type=float, default=600.0)
     p.add_argument("--max-sessions", type=int, default=64)
+    p.add_argument("--cpu-standins", action="store_true",
+                   help="fleet only: replace the GPU graph models with CPU stand-ins of the same I/O, to try the "
+                        "fleet repository on this machine (`segserve serve --fleet-python`)")
     p.set_defaults(func=cmd_build_repo)
 
     p = sub.add_parser("triton", help="run the embedded tritonserver on loopback")
@@ -324,6 +341,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--triton-metrics-port", type=int, default=8002)
     p.add_argument("--host", default=None, help="address the orchestrator binds (default 127.0.0.1, or "
                                                "SEGSERVE_HOST); Triton always stays on loopback")
+    p.add_argument("--fleet-python", action="store_true",
+                   help="run the Python models on the fleet image's Python and packages (for a fleet repository "
+                        "built with --cpu-standins)")
     p.add_argument("--triton-max-restarts", type=int, default=5,
                    help="exit non-zero after this many failed restarts of Triton in a row")
     p.add_argument("--triton-restart-backoff-s", type=float, default=0.5,
