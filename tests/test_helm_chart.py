@@ -133,6 +133,8 @@ def test_ci_variants_exist():
     names = {p.name for p in VARIANT_FILES}
     for expected in (
         "default-values.yaml",
+        "job-repository-values.yaml",
+        "single-node-values.yaml",
         "pvc-repository-values.yaml",
         "object-store-values.yaml",
         "init-export-values.yaml",
@@ -194,6 +196,18 @@ BAD_VALUES = {
     "id key secret not a DNS name": {"orchestrator": {"idKey": {"existingSecret": "Id_Key"}}},
     "unknown id key field": {"orchestrator": {"idKey": {"secret": "id-key"}}},
     "bind address not an IP": {"orchestrator": {"bindAddress": "everywhere"}},
+    "unknown export family": {"triton": {"modelRepository": {"job": {"families": ["sam3"]}}}},
+    "no export family": {"triton": {"modelRepository": {"job": {"families": []}}}},
+    "checkpoint for an unknown family": {
+        "triton": {"modelRepository": {"job": {"checkpoints": {"claimName": "c", "paths": {"sam3": "x"}}}}}
+    },
+    "checkpoint path escaping the claim": {
+        "triton": {"modelRepository": {"job": {"checkpoints": {"claimName": "c", "paths": {"sam2": "../x"}}}}}
+    },
+    "expected sha256 not hex": {"triton": {"modelRepository": {"job": {"expectSha256": {"sam2": "abc"}}}}},
+    "unknown access mode": {"triton": {"modelRepository": {"job": {"storage": {"accessModes": ["ReadMany"]}}}}},
+    "negative builds kept": {"triton": {"modelRepository": {"job": {"keepBuilds": -1}}}},
+    "unknown job key": {"triton": {"modelRepository": {"job": {"checkpoint": {}}}}},
 }
 
 
@@ -264,6 +278,8 @@ def test_default_render_has_every_component(chart):
     assert kinds.count("ServiceMonitor") == 2
     assert kinds.count("NetworkPolicy") == 2
     assert kinds.count("ServiceAccount") == 1
+    assert kinds.count("Job") == 1  # the default repository mode: built once by a Job ...
+    assert kinds.count("PersistentVolumeClaim") == 1  # ... into a claim the chart creates
 
 
 # ------------------------------------------------------------------------------------------------
@@ -273,7 +289,8 @@ def test_default_render_has_every_component(chart):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_restricted_security_context(chart, variant):
-    for deployment in _find(_rendered(chart, variant), "Deployment"):
+    docs = _rendered(chart, variant)
+    for deployment in _find(docs, "Deployment") + _find(docs, "Job"):
         pod = deployment["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False
         psc = pod["securityContext"]
@@ -449,14 +466,32 @@ def _repo_arg(args: list[str]) -> str:
     return value
 
 
-def test_triton_image_and_ports(chart):
-    docs = _rendered(chart, "chart-defaults")
+def _triton_image(docs) -> str:
     pod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
-    triton = next(c for c in pod["containers"] if c["name"] == "tritonserver")
-    assert triton["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
+    return next(c for c in pod["containers"] if c["name"] == "tritonserver")["image"]
+
+
+def test_triton_image_and_ports(chart):
+    # The fleet repository's model.py files import segserve.triton_models from the image: the
+    # default is segserve's own Triton image (docker/triton.Dockerfile), tagged <appVersion>-24.10.
+    app_version = chart.metadata["appVersion"]
+    docs = _rendered(chart, "chart-defaults")
+    assert _triton_image(docs) == f"segserve-triton:{app_version}-24.10"
     args = _triton_args(docs)
     for expected in ("--grpc-port=8001", "--http-port=8000", "--metrics-port=8002"):
         assert expected in args
+    docs = _render(chart, {"triton": {"image": {"repository": "reg.example/segserve-triton", "tag": "0.2.0-24.10"}}})
+    assert _triton_image(docs) == "reg.example/segserve-triton:0.2.0-24.10"
+    dockerfile = (ROOT / "docker" / "triton.Dockerfile").read_text()
+    assert "ARG TRITON_RELEASE=24.10" in dockerfile  # the tag's suffix names the base it was built on
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_runs_the_segserve_triton_image(chart, variant):
+    docs = _rendered(chart, variant)
+    image = _triton_image(docs)
+    assert image.rpartition(":")[0].rpartition("/")[2] == "segserve-triton", image
+    assert "nvcr.io" not in image
 
 
 def test_repository_mode_init_export(chart):
@@ -480,18 +515,277 @@ def test_repository_mode_init_export(chart):
 def test_repository_mode_init_export_on_pvc(chart):
     docs = _render(
         chart,
-        {"triton": {"modelRepository": {"initExport": {"storage": {"type": "pvc", "claimName": "repo-rwo"}}}}},
+        {"triton": {"modelRepository": {
+            "mode": "initExport", "initExport": {"storage": {"type": "pvc", "claimName": "repo-rwo"}},
+        }}},
     )
+    assert not _find(docs, "Job") and not _find(docs, "PersistentVolumeClaim")
     volumes = {v["name"]: v for v in _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]["volumes"]}
     assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "repo-rwo"
     for doc in docs:
         _validate_object(doc)
 
 
+# Repository Job (the default mode): export + build once into a claim, Triton mounts it read-only.
+
+
+def _job(docs) -> dict[str, Any]:
+    return _one(docs, "Job", "model-repository")
+
+
+def _job_containers(job) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in _all_containers(job["spec"]["template"]["spec"])}
+
+
+def _env(container) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def _build_id(docs) -> str:
+    repo = _repo_arg(_triton_args(docs))
+    prefix, _, rest = repo.partition("/models/builds/")
+    build_id, _, tail = rest.partition("/")
+    assert prefix == "" and tail == "repository" and build_id, repo
+    return build_id
+
+
+@pytest.mark.parametrize("variant", ["chart-defaults", "job-repository-values.yaml", "single-node-values.yaml",
+                                     "cpu-only-values.yaml"])
+def test_repository_mode_job(chart, variant):
+    docs = _rendered(chart, variant)
+    build_id = _build_id(docs)
+    job = _job(docs)
+    pvc = _one(docs, "PersistentVolumeClaim", "model-repository")
+    claim = pvc["metadata"]["name"]
+    assert pvc["spec"]["resources"]["requests"]["storage"]
+
+    # The Job: export -> build-repo into a directory nobody serves -> publish (marker, rename).
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert [c["name"] for c in pod["initContainers"]] == ["export", "build-repo"]
+    assert [c["name"] for c in pod["containers"]] == ["publish"]
+    steps = _job_containers(job)
+    for step in steps.values():
+        assert step["image"] == steps["export"]["image"]
+        assert _env(step)["BUILD_ID"] == build_id
+        models = next(m for m in step["volumeMounts"] if m["mountPath"] == "/models")
+        assert not models.get("readOnly")
+    export_args = steps["export"]["args"][1:]  # [$0 of `sh -c`, then "$@"]
+    assert export_args[:5] == ["export", "--families", "sam2,sam2_video,grounding_dino,mask2former",
+                               "--out", "/models/artifacts"]
+    assert 'exec segserve export "$@"' in steps["export"]["args"][0]
+    build_args = steps["build-repo"]["args"]
+    assert 'exec segserve build-repo "$@"' in build_args[0]
+    assert build_args[1:8] == ["build-repo", "--target", "fleet", "--artifacts", "/models/artifacts", "--out",
+                               f"/models/builds/.partial-{build_id}/repository"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == claim
+
+    # Triton: waits for the marker, then serves that build from the claim, read-only.
+    tpod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    (wait,) = tpod["initContainers"]
+    assert wait["name"] == "wait-for-repository"
+    assert wait["image"] == _triton_image(docs)  # no extra image to pull
+    assert _env(wait)["BUILD_ID"] == build_id
+    assert '"/models/builds/$BUILD_ID/complete"' in wait["args"][0]
+    assert "waiting for model repository build" in wait["args"][0]
+    tvolumes = {v["name"]: v for v in tpod["volumes"]}
+    assert tvolumes["models"]["persistentVolumeClaim"] == {"claimName": claim, "readOnly": True}
+    triton = next(c for c in tpod["containers"] if c["name"] == "tritonserver")
+    for container in (wait, triton):
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "models")
+        assert mount == {"name": "models", "mountPath": "/models", "readOnly": True}
+
+
+def test_repository_job_storage_defaults_and_options(chart):
+    pvc = _one(_rendered(chart, "chart-defaults"), "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # replicas on several nodes
+    assert "storageClassName" not in pvc["spec"]  # the cluster's default class
+    pvc = _one(_rendered(chart, "single-node-values.yaml"), "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    pvc = _one(_rendered(chart, "job-repository-values.yaml"), "PersistentVolumeClaim")
+    assert pvc["spec"]["storageClassName"] == "nfs-client"
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "100Gi"
+
+    docs = _render(chart, {"triton": {"modelRepository": {"job": {"storage": {"existingClaim": "my-repo"}}}}})
+    assert not _find(docs, "PersistentVolumeClaim")
+    job_volumes = {v["name"]: v for v in _job(docs)["spec"]["template"]["spec"]["volumes"]}
+    assert job_volumes["models"]["persistentVolumeClaim"]["claimName"] == "my-repo"
+    tvolumes = {v["name"]: v for v in _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]["volumes"]}
+    assert tvolumes["models"]["persistentVolumeClaim"] == {"claimName": "my-repo", "readOnly": True}
+    for doc in docs:
+        _validate_object(doc)
+
+
+def test_repository_job_checkpoints_and_args(chart):
+    docs = _rendered(chart, "job-repository-values.yaml")
+    job = _job(docs)
+    steps = _job_containers(job)
+    args = steps["export"]["args"][2:]
+    pairs = [(a, b) for a, b in zip(args, args[1:]) if a in ("--checkpoint", "--expect-sha256")]
+    assert ("--checkpoint", "sam2=/checkpoints/sam2.1-hiera-tiny") in pairs
+    assert ("--checkpoint", "grounding_dino=/checkpoints/grounding-dino-tiny") in pairs
+    assert ("--checkpoint", "mask2former=/checkpoints/mask2former-swin-tiny-coco-panoptic") in pairs
+    assert ("--expect-sha256", "grounding_dino=" + "3b1f2c0e9a7d4c5b8e6f1a2d3c4b5a6978877665544332211ffeeddccbbaa009") in pairs
+    assert steps["build-repo"]["args"][-2:] == ["--session-ttl-s", "900"]
+    assert _env(steps["export"])["OMP_NUM_THREADS"] == "4"
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["checkpoints"]["persistentVolumeClaim"] == {"claimName": "segserve-checkpoints", "readOnly": True}
+    mount = next(m for m in steps["export"]["volumeMounts"] if m["name"] == "checkpoints")
+    assert mount == {"name": "checkpoints", "mountPath": "/checkpoints", "readOnly": True}
+    assert "checkpoints" not in {m["name"] for m in steps["publish"]["volumeMounts"]}
+    assert job["spec"]["activeDeadlineSeconds"] == 7200
+    assert "ttlSecondsAfterFinished" not in job["spec"]  # a deleted Job would rerun on every upgrade
+    assert job["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "registry-credentials"}]
+    # Without a checkpoint claim nothing is mounted (random weights, said so in NOTES).
+    job = _job(_rendered(chart, "chart-defaults"))
+    assert "checkpoints" not in {v["name"] for v in job["spec"]["template"]["spec"]["volumes"]}
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"checkpoints": {"paths": {"sam2": "sam2"}}}, "claimName is required"),
+    ({"families": ["sam2"], "checkpoints": {"claimName": "c", "paths": {"mask2former": "m"}}}, "not in job.families"),
+])
+def test_repository_job_template_guards(chart, values, match):
+    with pytest.raises(helm.HelmRenderError, match=match):
+        chart.render({"triton": {"modelRepository": {"job": values}}}, name=RELEASE, namespace=NAMESPACE)
+
+
+def _job_identity(chart, values) -> tuple[str, str]:
+    docs = _render(chart, values)
+    return _job(docs)["metadata"]["name"], _build_id(docs)
+
+
+# Inputs of the export / build: a new value must give a new Job (and a new build directory).
+JOB_INPUT_CHANGES = {
+    "orchestrator image tag (the Job's image)": {"orchestrator": {"image": {"tag": "0.1.1"}}},
+    "job image": {"triton": {"modelRepository": {"job": {"image": {"repository": "reg.example/segserve"}}}}},
+    "families": {"triton": {"modelRepository": {"job": {"families": ["sam2", "mask2former"]}}}},
+    "export args": {"triton": {"modelRepository": {"job": {"exportArgs": ["--random-size", "real"]}}}},
+    "build-repo args": {"triton": {"modelRepository": {"job": {"buildRepoArgs": ["--max-sessions", "32"]}}}},
+    "checkpoint claim": {"triton": {"modelRepository": {"job": {"checkpoints": {"claimName": "ckpt-v2"}}}}},
+    "checkpoint path": {"triton": {"modelRepository": {"job": {
+        "checkpoints": {"claimName": "c", "paths": {"sam2": "sam2.1-hiera-small"}}}}}},
+    "expected sha256": {"triton": {"modelRepository": {"job": {"expectSha256": {"sam2": "a" * 64}}}}},
+    "export environment": {"triton": {"modelRepository": {"job": {"env": [{"name": "X", "value": "1"}]}}}},
+    "build target": {"triton": {"modelRepository": {"job": {"target": "embedded"}}}},
+}
+# Not inputs of the repository: the Job and the build stay as they are.
+JOB_UNRELATED_CHANGES = {
+    "triton replicas": {"triton": {"replicaCount": 3, "autoscaling": {"enabled": False}}},
+    "triton image tag": {"triton": {"image": {"tag": "0.1.0-24.10-patched"}}},
+    "triton resources": {"triton": {"resources": {"requests": {"cpu": "8"}}}},
+    "orchestrator replicas": {"orchestrator": {"replicaCount": 5}},
+    "monitoring off": {"monitoring": {"serviceMonitor": {"enabled": False}}},
+    "storage size": {"triton": {"modelRepository": {"job": {"storage": {"size": "80Gi"}}}}},
+}
+
+
+def test_repository_job_name_is_stable(chart):
+    assert _job_identity(chart, {}) == _job_identity(chart, {})
+    assert _job_identity(chart, {}) == _job_identity(chart, _variant_values("default-values.yaml"))
+
+
+@pytest.mark.parametrize("case", sorted(JOB_INPUT_CHANGES))
+def test_repository_job_reruns_when_inputs_change(chart, case):
+    name, build = _job_identity(chart, {})
+    new_name, new_build = _job_identity(chart, JOB_INPUT_CHANGES[case])
+    assert new_name != name and new_build != build
+    assert len(new_name) <= 63
+
+
+@pytest.mark.parametrize("case", sorted(JOB_UNRELATED_CHANGES))
+def test_repository_job_kept_when_inputs_do_not_change(chart, case):
+    assert _job_identity(chart, JOB_UNRELATED_CHANGES[case]) == _job_identity(chart, {})
+
+
+@pytest.mark.parametrize("job_values", [
+    {"resources": {"requests": {"cpu": "4", "memory": "8Gi"}}},
+    {"keepBuilds": 5},
+    {"nodeSelector": {"pool": "cpu"}},
+])
+def test_repository_job_settings_change_the_job_not_the_build(chart, job_values):
+    # A Job's pod template is immutable: any change to it must give a new Job name (or
+    # `helm upgrade` would fail), but the repository it builds is the same (that Job finds it
+    # complete and exits) and the Triton pods stay as they are.
+    name, build = _job_identity(chart, {})
+    new_name, new_build = _job_identity(chart, {"triton": {"modelRepository": {"job": job_values}}})
+    assert new_build == build and new_name != name
+
+
+def test_repository_job_scripts(chart, tmp_path):
+    """Run the Job's shell steps and Triton's wait loop against a local directory standing in for
+    the claim (segserve itself replaced by a stub that writes what build-repo would)."""
+    import os
+    import subprocess
+
+    docs = _rendered(chart, "chart-defaults")
+    steps = _job_containers(_job(docs))
+    tpod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    (wait,) = tpod["initContainers"]
+    rendered_id = _build_id(docs)
+    models = tmp_path / "models"
+    models.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "segserve").write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {calls}\n'
+        'if [ "$1" = build-repo ]; then while [ $# -gt 1 ]; do [ "$1" = --out ] && mkdir -p "$2" '
+        '&& echo {} > "$2/repository.json"; shift; done; fi\n'
+    )
+    (bin_dir / "segserve").chmod(0o755)
+
+    def run(container, build_id, keep="3", timeout=10):
+        script, *args = container["args"]
+        script = script.replace("/models", str(models))
+        args = [a.replace("/models", str(models)).replace(rendered_id, build_id) for a in args]
+        env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "BUILD_ID": build_id, "KEEP_BUILDS": keep,
+               "NAMESPACE": NAMESPACE}
+        return subprocess.run(["/bin/sh", "-c", script, *args], env=env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def build(build_id, keep="3"):
+        for step in ("export", "build-repo", "publish"):
+            result = run(steps[step], build_id, keep)
+            assert result.returncode == 0, (step, result.stdout, result.stderr)
+
+    # Before the build, Triton's init container waits (and says why).
+    with pytest.raises(subprocess.TimeoutExpired) as waited:
+        run(wait, "b1", timeout=1.5)
+    assert b"waiting for model repository build b1" in waited.value.stdout
+
+    build("b1")
+    assert (models / "builds" / "b1" / "complete").is_file()
+    assert (models / "builds" / "b1" / "repository" / "repository.json").is_file()
+    assert not list((models / "builds").glob(".partial-*"))
+    assert os.readlink(models / "current") == "builds/b1"
+    assert run(wait, "b1").returncode == 0
+
+    # The same inputs again: nothing is exported or built a second time.
+    before = calls.read_text()
+    build("b1")
+    assert calls.read_text() == before
+
+    # A half-written build is never published and never served.
+    (models / "builds" / ".partial-b2" / "repository").mkdir(parents=True)
+    with pytest.raises(subprocess.TimeoutExpired):
+        run(wait, "b2", timeout=1.5)
+    build("b2")
+    assert os.readlink(models / "current") == "builds/b2"
+
+    # Old builds are pruned, the newest `keepBuilds` kept.
+    for build_id in ("b3", "b4"):
+        build(build_id, keep="2")
+    assert sorted(p.name for p in (models / "builds").iterdir()) == ["b3", "b4"]
+
+
 def test_repository_mode_pvc(chart):
     docs = _rendered(chart, "pvc-repository-values.yaml")
     pod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
     assert "initContainers" not in pod
+    assert not _find(docs, "Job") and not _find(docs, "PersistentVolumeClaim")
     assert _repo_arg(_triton_args(docs)) == "/models/fleet/repository"
     assert "--model-control-mode=poll" in _triton_args(docs)
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -506,6 +800,7 @@ def test_repository_mode_object_store(chart, variant, url):
     docs = _rendered(chart, variant)
     pod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
     assert "initContainers" not in pod
+    assert not _find(docs, "Job") and not _find(docs, "PersistentVolumeClaim")
     assert _repo_arg(_triton_args(docs)) == url
     assert "models" not in {v["name"] for v in pod["volumes"]}
 
@@ -570,7 +865,7 @@ def test_orchestrator_client_affinity_option(chart):
 def test_long_release_names_fit_dns_labels(chart):
     docs = _render(chart, {"fullnameOverride": "x" * 63})
     for doc in docs:
-        if doc["kind"] == "Service":
+        if doc["kind"] in ("Service", "Job"):  # a Job's name is also a label value of its pods
             assert len(doc["metadata"]["name"]) <= 63, doc["metadata"]["name"]
         _validate_object(doc)
 
@@ -666,6 +961,12 @@ def test_notes_render(chart):
     notes = chart.render({}, name=RELEASE, namespace=NAMESPACE)["segserve/templates/NOTES.txt"]
     assert f"{RELEASE}-segserve-triton-headless" in notes
     assert "Session affinity" in notes
+    job = _job(_rendered(chart, "chart-defaults"))["metadata"]["name"]
+    assert f"kubectl -n {NAMESPACE} wait --for=condition=complete job/{job}" in notes
+    assert "RANDOM weights" in notes and "sam2, sam2_video, grounding_dino, mask2former" in notes
+    notes = chart.render(_variant_values("job-repository-values.yaml"), name=RELEASE,
+                         namespace=NAMESPACE)["segserve/templates/NOTES.txt"]
+    assert "RANDOM" not in notes  # every family has a checkpoint
 
 
 # ------------------------------------------------------------------------------------------------

@@ -96,6 +96,23 @@ Images.
 {{- printf "%s:%s" .Values.orchestrator.image.repository (default .Chart.AppVersion .Values.orchestrator.image.tag) }}
 {{- end }}
 
+{{/*
+segserve's Triton image (docker/triton.Dockerfile); the tag defaults to <appVersion>-<NGC release>.
+*/}}
+{{- define "segserve.triton.image" -}}
+{{- $img := .Values.triton.image }}
+{{- printf "%s:%s" $img.repository (default (printf "%s-24.10" .Chart.AppVersion) $img.tag) }}
+{{- end }}
+
+{{- define "segserve.repositoryJob.image" -}}
+{{- $img := .Values.triton.modelRepository.job.image }}
+{{- if $img.repository }}
+{{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag) }}
+{{- else }}
+{{- include "segserve.orchestrator.image" . }}
+{{- end }}
+{{- end }}
+
 {{- define "segserve.initExport.image" -}}
 {{- $img := .Values.triton.modelRepository.initExport.image }}
 {{- if $img.repository }}
@@ -142,6 +159,8 @@ The value handed to tritonserver --model-repository.
 {{- required "triton.modelRepository.objectStore.url is required in objectStore mode" $repo.objectStore.url }}
 {{- else if eq $repo.mode "pvc" }}
 {{- printf "/models/%s" (trimAll "/" $repo.pvc.path) | trimSuffix "/" }}
+{{- else if eq $repo.mode "job" }}
+{{- printf "/models/builds/%s/repository" (include "segserve.repositoryJob.buildId" .) }}
 {{- else }}
 {{- print "/models/repository" }}
 {{- end }}
@@ -168,4 +187,29 @@ Prometheus peer for the network policies.
   podSelector:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+
+{{/*
+Repository Job (mode job).
+buildId: hash of everything that decides the repository's content (image, families, checkpoints,
+arguments, environment). It names the build directory /models/builds/<buildId> on the claim and is
+pinned in the Triton pod template, so new inputs roll Triton onto the new build once it is complete.
+*/}}
+{{- define "segserve.repositoryJob.buildId" -}}
+{{- $job := .Values.triton.modelRepository.job }}
+{{- $inputs := dict "layout" 1 "image" (include "segserve.repositoryJob.image" .) "families" $job.families "target" $job.target "checkpoints" $job.checkpoints "expectSha256" $job.expectSha256 "exportArgs" $job.exportArgs "buildRepoArgs" $job.buildRepoArgs "env" $job.env "envFrom" $job.envFrom }}
+{{- toJson $inputs | sha256sum | trunc 16 }}
+{{- end }}
+
+{{- define "segserve.repositoryJob.claimName" -}}
+{{- default (printf "%s-model-repository" (include "segserve.fullname" . | trunc 46 | trimSuffix "-")) .Values.triton.modelRepository.job.storage.existingClaim }}
+{{- end }}
+
+{{/*
+Job name: a Job's pod template is immutable, so the name carries a hash of the whole template
+(which includes the buildId): changed inputs or Job settings give a new Job, unchanged ones the
+same Job, which Helm leaves alone.
+*/}}
+{{- define "segserve.repositoryJob.name" -}}
+{{- printf "%s-repo-%s" (include "segserve.fullname" . | trunc 47 | trimSuffix "-") (include "segserve.repositoryJob.podTemplate" . | sha256sum | trunc 10) }}
 {{- end }}
