@@ -19,13 +19,13 @@ from tritonclient.utils import InferenceServerException
 
 from segserve.common import rle, sam2_transforms, status
 from segserve.common.synthetic_video import moving_shapes
+from segserve.common.video_ops import TrackerOp
 
 HW = (96, 128)
 IMAGE_MODEL_CAP = 2  # the image model's own session cap, below Triton's slots (4)
 SHORT_TTL_S = 1.5
 PREFIX = re.compile(r"^\s*(INVALID_ARGUMENT|NOT_FOUND|RESOURCE_EXHAUSTED|FAILED_PRECONDITION|CANCELLED|INTERNAL|"
                     r"UNAVAILABLE|UNIMPLEMENTED)\b")
-OP_FRAMES, OP_PROMPT, OP_STEP, OP_REMOVE, OP_INFO = range(5)
 
 
 def _edit_config(folder: Path, edit) -> None:
@@ -320,7 +320,7 @@ def video_triton(video_artifacts, clip, output_sizes, tmp_path_factory):
 TRACK_OUTPUTS = ["NUM_FRAMES", "OUT_OBJ_IDS", "OUT_FRAME_INDEX", "OBJECT_SCORES", "MASKS_RLE"]
 
 
-def _track(client, corrid: int, op: int, *, frames=None, frame_index=None, obj_ids=None, points=None, labels=None,
+def _track(client, corrid: int, op: TrackerOp, *, frames=None, frame_index=None, obj_ids=None, points=None, labels=None,
            start=False, end=False, outputs=("NUM_FRAMES",)):
     inputs = [_tensor("OP", np.array([[op]], np.int32), "INT32")]
     if frames is not None:
@@ -348,32 +348,32 @@ def test_tracker_refusals_and_total_budget(video_triton, video_artifacts, clip, 
     point = _point(reference, centres[1][0])
     try:
         # FRAMES missing on START: INVALID_ARGUMENT; the sequence Triton then holds is NOT_FOUND in the model
-        code, _ = _refusal(lambda: _track(client, 301, OP_FRAMES, start=True))
+        code, _ = _refusal(lambda: _track(client, 301, TrackerOp.FRAMES, start=True))
         assert code == "INVALID_ARGUMENT"
-        code, message = _refusal(lambda: _track(client, 301, OP_INFO))
+        code, message = _refusal(lambda: _track(client, 301, TrackerOp.INFO))
         assert code == "NOT_FOUND" and "does not hold the video session" in message
-        _refusal(lambda: _track(client, 301, OP_INFO, end=True))
+        _refusal(lambda: _track(client, 301, TrackerOp.INFO, end=True))
 
-        assert _track(client, 302, OP_FRAMES, frames=frames[:3], start=True).as_numpy("NUM_FRAMES").item() == 3
-        assert _track(client, 303, OP_FRAMES, frames=frames[3:5], start=True).as_numpy("NUM_FRAMES").item() == 2
+        assert _track(client, 302, TrackerOp.FRAMES, frames=frames[:3], start=True).as_numpy("NUM_FRAMES").item() == 3
+        assert _track(client, 303, TrackerOp.FRAMES, frames=frames[3:5], start=True).as_numpy("NUM_FRAMES").item() == 2
         # frame out of range
-        code, message = _refusal(lambda: _track(client, 302, OP_PROMPT, frame_index=3, obj_ids=[1],
+        code, message = _refusal(lambda: _track(client, 302, TrackerOp.PROMPT, frame_index=3, obj_ids=[1],
                                                 points=point[0][None], labels=point[1][None]))
         assert code == "INVALID_ARGUMENT" and "frame_index 3" in message
         # an unknown object is INVALID_ARGUMENT: the tracker's only NOT_FOUND is a missing session
-        code, _ = _refusal(lambda: _track(client, 302, OP_REMOVE, obj_ids=[9]))
+        code, _ = _refusal(lambda: _track(client, 302, TrackerOp.REMOVE, obj_ids=[9]))
         assert code == "INVALID_ARGUMENT"
-        prompted = _track(client, 302, OP_PROMPT, frame_index=0, obj_ids=[1], points=point[0][None],
+        prompted = _track(client, 302, TrackerOp.PROMPT, frame_index=0, obj_ids=[1], points=point[0][None],
                           labels=point[1][None], outputs=TRACK_OUTPUTS)
         # over the total budget: more frames, and a step that grows the memory bank
-        code, message = _refusal(lambda: _track(client, 302, OP_FRAMES, frames=frames[5:6]))
+        code, message = _refusal(lambda: _track(client, 302, TrackerOp.FRAMES, frames=frames[5:6]))
         assert code == "UNAVAILABLE" and status.code_from_model(code) == status.RESOURCE_EXHAUSTED and "budget" in message
-        code, _ = _refusal(lambda: _track(client, 302, OP_STEP, frame_index=1, outputs=TRACK_OUTPUTS))
+        code, _ = _refusal(lambda: _track(client, 302, TrackerOp.STEP, frame_index=1, outputs=TRACK_OUTPUTS))
         assert code == "UNAVAILABLE"
-        assert _track(client, 302, OP_INFO).as_numpy("NUM_FRAMES").item() == 3
+        assert _track(client, 302, TrackerOp.INFO).as_numpy("NUM_FRAMES").item() == 3
         # another session ends: its bytes are free, and the refused step now runs on an unchanged session
-        _track(client, 303, OP_INFO, end=True)
-        stepped = _track(client, 302, OP_STEP, frame_index=1, outputs=TRACK_OUTPUTS)
+        _track(client, 303, TrackerOp.INFO, end=True)
+        stepped = _track(client, 302, TrackerOp.STEP, frame_index=1, outputs=TRACK_OUTPUTS)
 
         session = VideoSession()
         reference.add_frames(session, list(frames[:3]))
@@ -382,15 +382,15 @@ def test_tracker_refusals_and_total_budget(video_triton, video_artifacts, clip, 
             binary = sam2_transforms.masks_from_logits(expected.low_res_masks, HW)
             assert [c.decode() for c in result.as_numpy("MASKS_RLE").reshape(-1)] == [rle.encode(m)["counts"] for m in binary]
             assert np.array_equal(result.as_numpy("OBJECT_SCORES").reshape(-1), expected.object_scores)
-        _track(client, 302, OP_INFO, end=True)
-        code, _ = _refusal(lambda: _track(client, 302, OP_INFO))  # ended: Triton refuses a non-START request
+        _track(client, 302, TrackerOp.INFO, end=True)
+        code, _ = _refusal(lambda: _track(client, 302, TrackerOp.INFO))  # ended: Triton refuses a non-START request
         assert code == "INVALID_ARGUMENT"
         assert _log_has(video_triton, r"sam2_video_tracker \(sequence 302\): refused RESOURCE_EXHAUSTED: .*budget")
         assert _log_has(video_triton, r"sam2_video_tracker \(sequence 301\): refused NOT_FOUND")
     finally:
         for corrid in (301, 302, 303):
             try:
-                _track(client, corrid, OP_INFO, end=True)
+                _track(client, corrid, TrackerOp.INFO, end=True)
             except InferenceServerException:
                 pass
         client.close()

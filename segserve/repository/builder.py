@@ -211,6 +211,8 @@ def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph
             spec.parameters["model_info"] = info
             if session_runner and "runner" in spec.parameters:
                 spec.parameters["runner"] = session_runner
+            if session_runner == "bls" and "graphs" in spec.parameters:
+                spec.parameters["graphs"] = "bls"  # the tracker calls the graph models, as in the fleet
         config = render_config(spec, target, graph_backend)
         (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
         if spec.ensemble:

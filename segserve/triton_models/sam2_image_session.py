@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -26,7 +27,7 @@ from segserve.triton_models.sam2_runner import BlsRunner, InProcessRunner
 
 @dataclass
 class ImageSession:
-    features: dict[str, np.ndarray]
+    features: dict[str, Any]  # runner.encode's state: numpy arrays or BLS Tensors
     original_hw: tuple[int, int]
     last_used: float
     nbytes: int
@@ -96,11 +97,10 @@ class TritonPythonModel:
             raise ModelRefusal(RESOURCE_EXHAUSTED, f"this instance already holds {self.max_sessions} image sessions")
         if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) == 0:
             raise ModelRefusal(INVALID_ARGUMENT, f"IMAGE must be RGB [H, W, 3], got {list(image.shape)}")
+        # numpy arrays (in process) or the encoder's BLS output Tensors, left on their device (fleet)
         features = self.runner.encode(sam2_transforms.preprocess(image, self.image_size))
-        # Own copies: outputs of a BLS call or ORT may alias buffers that get reused.
-        features = {k: np.array(v, copy=True) for k, v in features.items()}
         session = ImageSession(features, (int(image.shape[0]), int(image.shape[1])), time.monotonic(),
-                               sum(v.nbytes for v in features.values()))
+                               sum(self.runner.nbytes(v) for v in features.values()))
         self.sessions[corrid] = session
         return session
 

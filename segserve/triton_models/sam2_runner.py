@@ -1,11 +1,12 @@
 """How the session model reaches the SAM 2 graphs.
 
 - `InProcessRunner` (embedded): ONNX Runtime sessions inside the session model's own process, so
-  the embeddings never leave it.
+  the embeddings never leave it; the state is numpy arrays.
 - `BlsRunner` (fleet): business-logic calls to the `sam2_image_encoder` / `sam2_prompt_decoder`
-  models, which Triton serves with its TensorRT or onnxruntime backends on the GPU; tensors move
-  through Triton's shared memory, never the network.
-Both return numpy arrays with the decoder's output names.
+  models, which Triton serves with its TensorRT or onnxruntime backends on the GPU. The state is
+  the encoder's output Tensors themselves, left on the device and passed to the decoder as they are
+  (their names are the decoder's input names): no host copy per click.
+`encode` returns the state to keep, `decode` numpy arrays (the small outputs a response needs).
 """
 from __future__ import annotations
 
@@ -29,7 +30,12 @@ class InProcessRunner:
                                             providers=["CPUExecutionProvider"])
 
     def encode(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(ENCODER_OUTPUTS, self.encoder.run(list(ENCODER_OUTPUTS), {"pixel_values": pixel_values})))
+        outputs = self.encoder.run(list(ENCODER_OUTPUTS), {"pixel_values": pixel_values})
+        return {k: np.array(v, copy=True) for k, v in zip(ENCODER_OUTPUTS, outputs)}  # own copies, kept
+
+    @staticmethod
+    def nbytes(value: np.ndarray) -> int:
+        return value.nbytes
 
     def decode(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         return dict(zip(outputs, self.decoder.run(outputs, feeds)))
@@ -37,25 +43,20 @@ class InProcessRunner:
 
 class BlsRunner:
     def __init__(self, encoder_model: str, decoder_model: str):
+        from segserve.triton_models import bls  # Triton's stub only
+
+        self.bls = bls
         self.encoder_model = encoder_model
         self.decoder_model = decoder_model
 
-    @staticmethod
-    def _call(model: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        import triton_python_backend_utils as pb_utils
+    def encode(self, pixel_values: np.ndarray) -> dict:
+        # The Tensors own their (device) memory, so they outlive their response. They may sit in
+        # Triton's CUDA memory pool while the session lives; Triton falls back to cudaMalloc
+        # when the pool is full.
+        return self.bls.call(self.encoder_model, {"pixel_values": pixel_values}, ENCODER_OUTPUTS)
 
-        request = pb_utils.InferenceRequest(
-            model_name=model,
-            inputs=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in feeds.items()],
-            requested_output_names=outputs,
-        )
-        response = request.exec()
-        if response.has_error():
-            raise RuntimeError(f"{model}: {response.error().message()}")
-        return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}
+    def decode(self, feeds: dict, outputs: list[str]) -> dict[str, np.ndarray]:
+        return {k: self.bls.to_host(v) for k, v in self.bls.call(self.decoder_model, feeds, outputs).items()}
 
-    def encode(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
-        return self._call(self.encoder_model, {"pixel_values": pixel_values}, list(ENCODER_OUTPUTS))
-
-    def decode(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        return self._call(self.decoder_model, feeds, outputs)
+    def nbytes(self, value) -> int:
+        return self.bls.nbytes(value)

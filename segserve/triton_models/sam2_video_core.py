@@ -1,4 +1,4 @@
-"""SAM 2 video tracking state and step, in numpy + ONNX Runtime (no torch, no Triton).
+"""SAM 2 video tracking state and step, over an array namespace (no torch, no Triton).
 
 This is transformers' `Sam2VideoModel.forward` / `propagate_in_video_iterator` with its
 `Sam2VideoInferenceSession` state, rewritten over the five exported graphs
@@ -23,6 +23,14 @@ This is transformers' `Sam2VideoModel.forward` / `propagate_in_video_iterator` w
 - a mask prompt replaces the object's clicks on that frame (and clicks replace a mask), as the
   processor does; the mask, resized to the model's square and thresholded as the processor does,
   is the frame's output as it is (`_use_mask_as_output`), with no memory conditioning.
+
+Arrays: the graphs run in ONNX Runtime in process (`OrtGraphs`, numpy) or as Triton models through
+BLS (`triton_models.bls.BlsGraphs`: numpy for outputs on the host, CuPy for outputs on a GPU). The
+state built from graph outputs (encoder feature cache, memory features and positions, object
+pointers, low-res masks) stays in the outputs' array module (`array_namespace`), so in the fleet it
+never leaves the GPU; only a step's low-res masks and scores come to the host (`FrameResult`).
+Whatever is kept is copied out of the graph's output buffer (`.copy()`: on the device there), so a
+runner may reuse its buffers and BLS outputs do not sit in Triton's memory pool.
 
 Refusals raise `ModelRefusal` (`segserve.common.status`). One refused or failing request never
 changes a session: every check runs before the first change, `step` computes a frame's outputs
@@ -51,6 +59,35 @@ from segserve.common.status import CANCELLED, INVALID_ARGUMENT, RESOURCE_EXHAUST
 
 GRAPH_NAMES = ("sam2_video_image_encoder", "sam2_video_memory_attention", "sam2_video_decoder",
                "sam2_video_memory_encoder", "sam2_video_mask_prompt")
+# Each graph's outputs (`segserve/export/sam2_video.py`), the names a BLS call requests.
+_MASK_OUTPUTS = ("low_res_mask", "high_res_mask", "object_pointer", "object_score_logits")
+GRAPH_OUTPUTS = {
+    "sam2_video_image_encoder": ("feat_s0", "feat_s1", "vision_feat", "vision_feat_no_memory", "vision_pos"),
+    "sam2_video_memory_attention": ("pix_feat",),
+    "sam2_video_decoder": _MASK_OUTPUTS,
+    "sam2_video_memory_encoder": ("maskmem_features", "maskmem_pos"),
+    "sam2_video_mask_prompt": _MASK_OUTPUTS,
+}
+
+
+def array_namespace(*arrays: Any):
+    """numpy, or CuPy when any of `arrays` is a CuPy array (CuPy is imported only then)."""
+    for a in arrays:
+        if type(a).__module__.partition(".")[0] == "cupy":
+            import cupy
+
+            return cupy
+    return np
+
+
+def to_host(a: Any) -> np.ndarray:
+    return a if isinstance(a, np.ndarray) else a.get()
+
+
+def _join(how: str, arrays: list, **kwargs):
+    """`xp.stack` / `xp.concatenate` of arrays that may come from different devices."""
+    xp = array_namespace(*arrays)
+    return getattr(xp, how)([xp.asarray(a) for a in arrays], **kwargs)
 
 
 def propagation_order(start: int, num_frames: int, reverse: bool, max_frames: int | None = None) -> list[int]:
@@ -63,28 +100,31 @@ def propagation_order(start: int, num_frames: int, reverse: bool, max_frames: in
     return list(range(start, end + 1))
 
 
-def bfloat16_bits(x: np.ndarray) -> np.ndarray:
+def bfloat16_bits(x):
     """float32 -> the nearest bfloat16 (ties to even, as torch's `.to(bfloat16)`), as uint16 bits."""
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    xp = array_namespace(x)
+    bits = xp.ascontiguousarray(x, dtype=xp.float32).view(xp.uint32).astype(xp.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(xp.uint16)
 
 
-def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+def bfloat16_to_float32(bits):
+    xp = array_namespace(bits)
+    return (bits.astype(xp.uint32) << 16).view(xp.float32)
 
 
-def bfloat16_round(x: np.ndarray) -> np.ndarray:
+def bfloat16_round(x):
     """float32 -> nearest bfloat16 value, returned as float32."""
     return bfloat16_to_float32(bfloat16_bits(x))
 
 
 @dataclass
 class FrameOutput:
-    pred_masks: np.ndarray | None  # [1, 1, L, L] low-res logits (kept for conditioning outputs only)
-    object_pointer: np.ndarray  # [1, C]
-    object_score: np.ndarray  # [1, 1]
-    maskmem_features: np.ndarray | None = None  # [mem, h, w] bfloat16 bits (uint16): half the bytes
-    maskmem_pos: np.ndarray | None = None  # [mem, h, w]
+    """Arrays of the graphs' array module (numpy or CuPy)."""
+    pred_masks: Any | None  # [1, 1, L, L] low-res logits (kept for conditioning outputs only)
+    object_pointer: Any  # [1, C]
+    object_score: Any  # [1, 1]
+    maskmem_features: Any | None = None  # [mem, h, w] bfloat16 bits (uint16): half the bytes
+    maskmem_pos: Any | None = None  # [mem, h, w]
 
     @property
     def nbytes(self) -> int:
@@ -107,7 +147,7 @@ class VideoSession:
     frames: list[np.ndarray] = field(default_factory=list)  # uint8 RGB, original size
     objects: list[TrackedObject] = field(default_factory=list)
     new_inputs: list[int] = field(default_factory=list)
-    feature_cache: tuple[int, dict[str, np.ndarray]] | None = None
+    feature_cache: tuple[int, dict[str, Any]] | None = None  # graphs' array module
     last_used: float = field(default_factory=time.monotonic)
     frame_bytes: int = 0  # bytes of `frames`
     memory_bytes: int = 0  # bytes of every stored FrameOutput (`FrameOutput.nbytes`)
@@ -138,6 +178,7 @@ def _size(n: int) -> str:
 
 @dataclass
 class FrameResult:
+    """On the host: what a response needs."""
     frame_index: int
     obj_ids: list[int]
     low_res_masks: np.ndarray  # [O, L, L]
@@ -177,10 +218,11 @@ class OrtGraphs:
 
 
 class VideoTracker:
-    def __init__(self, graphs: OrtGraphs, config: dict[str, Any], max_objects: int = 16, max_frames: int = 2000,
+    def __init__(self, graphs, config: dict[str, Any], max_objects: int = 16, max_frames: int = 2000,
                  max_frame_bytes: int = 1 << 30, max_memory_bytes: int = 2 << 30, max_total_bytes: int | None = None,
                  held_bytes: Callable[[], int] | None = None):
-        """`max_total_bytes` bounds `held_bytes()`, the bytes held by every session of the model
+        """`graphs`: anything with `run(name, feeds) -> {output: array}` (`OrtGraphs`, `BlsGraphs`).
+        `max_total_bytes` bounds `held_bytes()`, the bytes held by every session of the model
         instance together (frames + memory banks), after any request; None: no total cap."""
         self.graphs = graphs
         self.image_size = int(config["image_size"])
@@ -197,7 +239,7 @@ class VideoTracker:
         self.max_memory_bytes = max_memory_bytes
         self.max_total_bytes = max_total_bytes
         self.held_bytes = held_bytes
-        self._memory_pos: np.ndarray | None = None
+        self._memory_pos = None  # shared by every stored output (graphs' array module)
         # Bytes one stored output takes, by kind (conditioning outputs keep their low-res mask):
         # the shapes are fixed by the model, so after the first step this predicts a step's growth.
         self._output_nbytes: dict[bool, int] = {}
@@ -344,7 +386,7 @@ class VideoTracker:
             self._check_memory(session, sum(self._output_nbytes[kind] - self._replaced_nbytes(obj, kind, frame_idx)
                                             for obj, kind in computed))
         masks, scores = [], []
-        pending: list[tuple[FrameOutput, np.ndarray, bool]] = []
+        pending: list[tuple[FrameOutput, Any, bool]] = []
         outputs = []  # (obj, is_init, new output, points or mask given)
         for obj, reused, is_init, points, mask, obj_reverse in plan:
             if cancelled is not None and cancelled():
@@ -360,10 +402,11 @@ class VideoTracker:
                 pending.append((out, high_res, prompted))
                 outputs.append((obj, is_init, out, prompted))
             masks.append(out.pred_masks[0, 0])
-            scores.append(float(out.object_score.reshape(-1)[0]))
+            scores.append(out.object_score.reshape(-1)[:1])
         self._encode_memories(session, frame_idx, pending)
-        result = FrameResult(frame_idx, [o.obj_id for o in session.objects], np.stack(masks),
-                             np.array(scores, np.float32))
+        # One transfer each to the host: all a response needs.
+        result = FrameResult(frame_idx, [o.obj_id for o in session.objects], to_host(_join("stack", masks)),
+                             to_host(_join("concatenate", scores)).astype(np.float32))
         for _, is_init, out, _ in outputs:
             if not is_init:
                 out.pred_masks = None  # only conditioning outputs are ever returned again
@@ -386,17 +429,17 @@ class VideoTracker:
         old = (obj.cond if is_init else obj.non_cond).get(frame_idx)
         return 0 if old is None else old.nbytes
 
-    def _features(self, session: VideoSession, frame_idx: int) -> dict[str, np.ndarray]:
+    def _features(self, session: VideoSession, frame_idx: int) -> dict[str, Any]:
         if session.feature_cache is not None and session.feature_cache[0] == frame_idx:
             return session.feature_cache[1]
         pixels = sam2_transforms.preprocess(session.frames[frame_idx], self.image_size)
         feats = self.graphs.run("sam2_video_image_encoder", {"pixel_values": pixels})
-        feats = {k: np.array(v, copy=True) for k, v in feats.items()}
+        feats = {k: v.copy() for k, v in feats.items()}
         session.feature_cache = (frame_idx, feats)
         return feats
 
     def _single_frame(self, session: VideoSession, obj: TrackedObject, frame_idx: int, is_init: bool,
-                      points: tuple[np.ndarray, np.ndarray] | None, reverse: bool) -> tuple[FrameOutput, np.ndarray]:
+                      points: tuple[np.ndarray, np.ndarray] | None, reverse: bool) -> tuple[FrameOutput, Any]:
         feats = self._features(session, frame_idx)
         if is_init:
             pix_feat = feats["vision_feat_no_memory"]
@@ -414,18 +457,20 @@ class VideoTracker:
         out = self.graphs.run("sam2_video_decoder", {
             "pix_feat": pix_feat, "feat_s0": feats["feat_s0"], "feat_s1": feats["feat_s1"],
             "point_coords": coords, "point_labels": labels, "multimask": np.array([1.0 if multimask else 0.0], np.float32)})
-        result = FrameOutput(np.array(out["low_res_mask"]), np.array(out["object_pointer"]),
-                             np.array(out["object_score_logits"]))
-        return result, out["high_res_mask"]
+        return self._output(out)
 
-    def _mask_as_output(self, session: VideoSession, frame_idx: int, mask: np.ndarray) -> tuple[FrameOutput, np.ndarray]:
+    def _mask_as_output(self, session: VideoSession, frame_idx: int, mask: np.ndarray) -> tuple[FrameOutput, Any]:
         """`_use_mask_as_output`: on the raw frame features, whatever the frame's memory."""
         feats = self._features(session, frame_idx)
         out = self.graphs.run("sam2_video_mask_prompt", {
             "vision_feat": feats["vision_feat"], "mask": mask[None, None].astype(np.float32)})
-        result = FrameOutput(np.array(out["low_res_mask"]), np.array(out["object_pointer"]),
-                             np.array(out["object_score_logits"]))
-        return result, out["high_res_mask"]
+        return self._output(out)
+
+    @staticmethod
+    def _output(out: dict[str, Any]) -> tuple[FrameOutput, Any]:
+        """A decoder's output and its high-res mask (for the memory encoder, after the other objects)."""
+        return (FrameOutput(out["low_res_mask"].copy(), out["object_pointer"].copy(), out["object_score_logits"].copy()),
+                out["high_res_mask"].copy())
 
     def _select_cond(self, frame_idx: int, cond: dict[int, FrameOutput]):
         limit = self.max_cond_frames
@@ -443,7 +488,7 @@ class VideoTracker:
         return selected, {t: v for t, v in cond.items() if t not in selected}
 
     def _memory_conditioned(self, session: VideoSession, obj: TrackedObject, frame_idx: int,
-                            feats: dict[str, np.ndarray], reverse: bool) -> np.ndarray:
+                            feats: dict[str, Any], reverse: bool):
         if not obj.cond:
             raise ModelRefusal(INVALID_ARGUMENT, f"object {obj.obj_id} has no prompted frame to track from")
         selected, unselected = self._select_cond(frame_idx, obj.cond)
@@ -469,33 +514,39 @@ class VideoTracker:
             if out is not None:
                 offsets.append(distance)
                 pointers.append(out.object_pointer)
-        hidden = feats["vision_feat"].shape[1]
+        vision_feat = feats["vision_feat"]
         feeds = {
-            "vision_feat": feats["vision_feat"], "vision_pos": feats["vision_pos"],
-            "maskmem_features": bfloat16_to_float32(np.stack([m.maskmem_features for _, m in memories])),
-            "maskmem_pos": np.stack([m.maskmem_pos for _, m in memories]),
+            "vision_feat": vision_feat, "vision_pos": feats["vision_pos"],
+            "maskmem_features": bfloat16_to_float32(_join("stack", [m.maskmem_features for _, m in memories])),
+            "maskmem_pos": _join("stack", [m.maskmem_pos for _, m in memories]),
             "maskmem_tpos": np.array([(o - 1) % self.num_maskmem for o, _ in memories], np.int64),
-            "object_pointers": (np.concatenate(pointers) if pointers else np.zeros((0, hidden), np.float32)),
+            # no pointer at all (tracked from a future prompt only): an empty host array, wherever the rest is
+            "object_pointers": (_join("concatenate", pointers) if pointers
+                                else np.zeros((0, vision_feat.shape[1]), np.float32)),
             "pointer_tpos": (np.array(offsets, np.float32) / np.float32(max(max_pointers - 1, 1))).astype(np.float32),
         }
         return self.graphs.run("sam2_video_memory_attention", feeds)["pix_feat"]
 
     def _encode_memories(self, session: VideoSession, frame_idx: int,
-                         pending: list[tuple[FrameOutput, np.ndarray, bool]]) -> None:
+                         pending: list[tuple[FrameOutput, Any, bool]]) -> None:
         if not pending or self.num_maskmem == 0:
             return
         feats = self._features(session, frame_idx)
         count = len(pending)
+        xp = array_namespace(feats["vision_feat"])
         out = self.graphs.run("sam2_video_memory_encoder", {
-            "vision_feat": np.repeat(feats["vision_feat"], count, axis=0),
-            "high_res_masks": np.concatenate([h for _, h, _ in pending]),
-            "object_score_logits": np.concatenate([o.object_score.reshape(1, 1) for o, _, _ in pending]),
+            "vision_feat": xp.repeat(feats["vision_feat"], count, axis=0),
+            "high_res_masks": _join("concatenate", [h for _, h, _ in pending]),
+            "object_score_logits": _join("concatenate", [o.object_score.reshape(1, 1) for o, _, _ in pending]),
             "binarize": np.array([1.0 if any(p for _, _, p in pending) else 0.0], np.float32)})
         features = bfloat16_bits(out["maskmem_features"])
         # The memory position encoding depends only on the shape: one shared copy for every output.
         pos = out["maskmem_pos"][0]
-        if self._memory_pos is None or self._memory_pos.shape != pos.shape or not np.array_equal(self._memory_pos, pos):
-            self._memory_pos = np.array(pos)
+        xp = array_namespace(pos)
+        known = self._memory_pos
+        if (known is None or array_namespace(known) is not xp or known.shape != pos.shape
+                or not bool(xp.array_equal(known, pos))):
+            self._memory_pos = pos.copy()
         for i, (output, _, _) in enumerate(pending):
-            output.maskmem_features = np.array(features[i])
+            output.maskmem_features = features[i].copy()
             output.maskmem_pos = self._memory_pos

@@ -2,11 +2,13 @@
 
 The state of a session (frames, per-object prompts, conditioning and non-conditioning outputs with
 their memory features and object pointers) lives in this instance keyed by CORRID; the tracking
-rules are `sam2_video_core.VideoTracker` (transformers' `Sam2VideoModel`). Each request is one
-operation (OP):
+rules are `sam2_video_core.VideoTracker` (transformers' `Sam2VideoModel`). Its graphs (parameter
+`graphs`) run in ONNX Runtime inside this model (`inprocess`, the embedded target) or are Triton's
+own models called through BLS (`bls`, the fleet: the memory bank stays on their GPU, in CuPy; no
+onnxruntime import). Each request is one operation (OP, `segserve.common.video_ops.TrackerOp`):
 
   0 FRAMES   FRAMES [1, F, H, W, 3] uint8: append frames (the START request carries the first ones)
-  1 PROMPT   FRAME_INDEX, OBJ_IDS [1, O], POINT_COORDS [1, O, N, 2] (model frame; labels -10 pad
+  1 PROMPT   FRAME_INDEX, OBJ_IDS [1, O], POINT_COORDS [1, O, N, 2] (model frame; labels PAD_LABEL pad
              shorter prompts), POINT_LABELS [1, O, N]: prompts, then run that frame. An object
              whose labels are all padding is a mask prompt: it takes the next of MASKS [1, K, H, W]
              (uint8, nonzero = object, at the frames' size), in request order
@@ -40,11 +42,20 @@ import triton_python_backend_utils as pb_utils
 
 from segserve.common import rle, sam2_transforms
 from segserve.common.status import INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, ModelRefusal
+from segserve.common.video_ops import PAD_LABEL, TrackerOp
 from segserve.triton_models.common import answer, optional_input, parameters, repository_root, scalar
-from segserve.triton_models.sam2_video_core import OrtGraphs, VideoSession, VideoTracker
+from segserve.triton_models.sam2_video_core import GRAPH_OUTPUTS, OrtGraphs, VideoSession, VideoTracker
 
-OP_FRAMES, OP_PROMPT, OP_STEP, OP_REMOVE, OP_INFO, OP_START_FRAME, OP_GET_FRAME = range(7)
-PAD_LABEL = -10
+
+def _graphs(args, params: dict[str, str]):
+    kind = params.get("graphs", "inprocess")
+    if kind == "bls":
+        from segserve.triton_models.bls import BlsGraphs
+
+        return BlsGraphs(GRAPH_OUTPUTS)
+    if kind == "inprocess":
+        return OrtGraphs.from_repository(repository_root(args), int(params.get("intra_op_threads", "0")))
+    raise ValueError(f"parameter graphs: {kind!r} is neither 'inprocess' nor 'bls'")
 
 
 class TritonPythonModel:
@@ -55,8 +66,7 @@ class TritonPythonModel:
         self.max_sessions = int(params.get("max_sessions", "16"))
         self.mask_threshold = float(params.get("mask_threshold", "0.0"))
         config = json.loads(params["video_config"])
-        graphs = OrtGraphs.from_repository(repository_root(args), int(params.get("intra_op_threads", "0")))
-        self.tracker = VideoTracker(graphs, config, max_objects=int(params.get("max_objects", "16")),
+        self.tracker = VideoTracker(_graphs(args, params), config, max_objects=int(params.get("max_objects", "16")),
                                     max_frames=int(params.get("max_frames", "2000")),
                                     max_frame_bytes=int(params.get("max_frame_bytes", str(1 << 30))),
                                     max_memory_bytes=int(params.get("max_memory_bytes", str(2 << 30))),
@@ -90,7 +100,7 @@ class TritonPythonModel:
             pb_utils.Logger.log_verbose(f"{self.name}: sequence {corrid} expired after {self.ttl_s:g} s idle")
 
     def _handle(self, request, corrid: int):
-        op = int(scalar(request, "OP", OP_INFO))
+        op = int(scalar(request, "OP", TrackerOp.INFO))
         frames = optional_input(request, "FRAMES")
         if scalar(request, "START"):
             self.sessions.pop(corrid, None)  # START begins a new sequence under this id
@@ -107,27 +117,27 @@ class TritonPythonModel:
                 raise ModelRefusal(NOT_FOUND, "this server does not hold the video session (ended, expired, never "
                                               "opened, or the server restarted)")
             session.last_used = time.monotonic()
-            if op == OP_FRAMES:
+            if op == TrackerOp.FRAMES:
                 if frames is None:
                     raise ModelRefusal(INVALID_ARGUMENT, "FRAMES missing")
                 self.tracker.add_frames(session, list(frames[0]))
         session.last_used = time.monotonic()
         outputs = {}
-        if op == OP_PROMPT:
+        if op == TrackerOp.PROMPT:
             result = self._prompt(request, session)
-        elif op == OP_STEP:
+        elif op == TrackerOp.STEP:
             result = self.tracker.step(session, int(scalar(request, "FRAME_INDEX", -1)), bool(scalar(request, "REVERSE", False)),
                                        cancelled=request.is_cancelled)
         else:
             result = None
-            if op == OP_REMOVE:
+            if op == TrackerOp.REMOVE:
                 ids = optional_input(request, "OBJ_IDS")
                 if ids is None or ids.size != 1:
                     raise ModelRefusal(INVALID_ARGUMENT, "OBJ_IDS must hold one object id")
                 self.tracker.remove_object(session, int(ids.reshape(-1)[0]))
-            elif op == OP_START_FRAME:
+            elif op == TrackerOp.START_FRAME:
                 outputs["OUT_FRAME_INDEX"] = np.array([[self.tracker.start_frame(session)]], np.int32)
-            elif op == OP_GET_FRAME:
+            elif op == TrackerOp.GET_FRAME:
                 outputs["FRAME"] = self.tracker.frame(session, int(scalar(request, "FRAME_INDEX", -1)))[None]
         height, width = session.size
         outputs.update({
