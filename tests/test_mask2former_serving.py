@@ -415,7 +415,10 @@ def test_fleet_and_unbatched_targets(artifacts, tmp_path):
     for name in ("mask2former_preprocess", "mask2former_postprocess"):
         assert fleet[name].backend == "python"
         assert fleet[name].instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
-    assert (tmp_path / "fleet" / "mask2former_postprocess" / "1" / "segserve" / "common" / "segments.py").is_file()
+    # no copy of segserve in the repository: the image's runtime, checked when model.py is imported
+    version_dir = tmp_path / "fleet" / "mask2former_postprocess" / "1"
+    assert sorted(p.name for p in version_dir.iterdir()) == ["model.py"]
+    assert 'check_runtime("mask2former_postprocess", ' in (version_dir / "model.py").read_text()
     build_repository(artifacts, tmp_path / "unbatched", "embedded", batching=False)
     graph = _configs(tmp_path / "unbatched")["mask2former"]
     assert graph.max_batch_size == 1 and not graph.HasField("dynamic_batching")

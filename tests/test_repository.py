@@ -25,7 +25,11 @@ def test_embedded_target_is_python_backend_everywhere(embedded_repository):
     assert encoder.max_batch_size > 1 and encoder.HasField("dynamic_batching")
 
 
-def test_fleet_target_serves_graphs_with_onnxruntime_and_ships_python_code(sam2_artifacts, tmp_path):
+def test_fleet_target_serves_graphs_with_onnxruntime_and_checks_the_image_runtime(sam2_artifacts, tmp_path):
+    import json
+
+    from segserve.triton_models.runtime_check import runtime_digest
+
     build_repository(sam2_artifacts, tmp_path, "fleet")
     configs = validate_repository(tmp_path)
     assert configs["sam2_image_encoder"].platform == "onnxruntime_onnx"
@@ -33,7 +37,13 @@ def test_fleet_target_serves_graphs_with_onnxruntime_and_ships_python_code(sam2_
     assert configs["sam2_prompt_decoder"].platform == "onnxruntime_onnx"
     session = configs["sam2_image_session"]
     assert session.backend == "python" and session.parameters["runner"].string_value == "bls"
-    assert (tmp_path / "sam2_image_session" / "1" / "segserve" / "common" / "sam2_transforms.py").is_file()
+    # The code comes from the segserve Triton image, not the repository; model.py checks it at load.
+    version_dir = tmp_path / "sam2_image_session" / "1"
+    assert sorted(p.name for p in version_dir.iterdir()) == ["model.py"]
+    model_py = (version_dir / "model.py").read_text()
+    assert f'check_runtime("sam2_image_session", "{runtime_digest()}")' in model_py
+    assert "from segserve.triton_models.sam2_image_session import TritonPythonModel" in model_py
+    assert json.loads((tmp_path / "repository.json").read_text())["segserve_runtime"] == runtime_digest()
     assert [d.dims for d in configs["sam2_image_encoder"].input] == [[3, 1024, 1024]]
 
 

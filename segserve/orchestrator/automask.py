@@ -25,7 +25,7 @@ from .errors import ServiceError, exhausted, invalid
 from .rpc import CallScope, server_stream
 from .service import stage
 from .sessions import ImageSession
-from .triton_pool import SESSION_MODEL, Replica, tensor
+from .triton_pool import IMAGE, SESSION_MODEL, Replica, tensor
 
 apb, apb_grpc = load("automask")
 log = logging.getLogger("segserve.orchestrator")
@@ -213,7 +213,7 @@ class AutoMaskService(apb_grpc.AutoMaskServicer):
             return
         pool = self.service.pool
         left, top, right, bottom = crop.box
-        replica = pool.place()
+        replica = pool.place(IMAGE)  # a session of the image model for as long as the crop is decoded
         sequence_id = secrets.randbelow(2**63 - 1) + 1
         try:
             try:
@@ -226,7 +226,7 @@ class AutoMaskService(apb_grpc.AutoMaskServicer):
                 except ServiceError as exc:  # freed at the model's TTL anyway
                     log.warning("ending a crop sequence failed (%s): %s", exc.code.name, exc.message)
         finally:
-            pool.release(replica)
+            pool.release(replica, IMAGE)
 
 
 def _settle(future) -> None:

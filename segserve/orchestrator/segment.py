@@ -119,15 +119,13 @@ class Segmenter:
             tensor("LABEL_IDS_TO_FUSE", fuse, "INT32"),
             tensor("LABEL_MAP_FORMAT", np.array([[request.label_map_format]], dtype=np.int32), "INT32"),
         ]
-        replica = self.pool.place()
         try:
-            result = replica.infer(ENSEMBLE, inputs, ["LABEL_MAP", "SEGMENTS"], "image", scope)
+            with self.pool.call() as replica:
+                result = replica.infer(ENSEMBLE, inputs, ["LABEL_MAP", "SEGMENTS"], "image", scope)
         except ServiceError as exc:
             if exc.code == grpc.StatusCode.NOT_FOUND:  # the ensemble's steps never refuse with NOT_FOUND
                 raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, NO_MODEL) from exc
             raise ensemble_message(exc) from exc
-        finally:
-            self.pool.release(replica)
         document = json.loads(result.as_numpy("SEGMENTS").reshape(-1)[0])
         encoded = result.as_numpy("LABEL_MAP").reshape(-1)[0]
         response = pb.SegmentResponse(width=width, height=height, task=TASK_ENUM[task], model=model.info)

@@ -19,7 +19,7 @@ from segserve.api import pb_grpc
 
 from .automask import add_to_server as add_automask_to_server
 from .health import TritonHealth
-from .video import add_to_server as add_video_to_server
+from .video_service import add_to_server as add_video_to_server
 from .service import SegmentationService
 from .settings import Settings
 from . import wire

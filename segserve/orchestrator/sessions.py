@@ -7,7 +7,8 @@ repeated prompts on the same picture skip the encoder.
 An image_id is signed (`ids.py`): it names its replica, sequence id and size, so any orchestrator
 replica sharing the key can serve a session another one opened, and nothing in it is used before
 the signature verifies. A session another replica opened is *adopted* only once Triton has answered
-for it, and never counts against this replica's cap (its opener counted it).
+for it, and never counts against this replica's cap (its opener counted it). A session whose
+Triton replica left DNS answers NOT_FOUND ("its Triton replica is gone").
 
 Requests hold a lease on the session they use (`lease`, `cached`): eviction from the cache, the
 TTL and CloseImage never END a sequence while a lease is held; the END waits for the last one.
@@ -30,10 +31,11 @@ from .errors import ServiceError, exhausted, not_found
 from .ids import IdSigner, SessionRef, quote
 from .metrics import EMBEDDING_CACHE, OPEN_SESSIONS, STAGE_LATENCY
 from .rpc import NO_SCOPE, CallScope
-from .triton_pool import SESSION_MODEL, Replica, TritonPool
+from .triton_pool import IMAGE, SESSION_MODEL, Replica, TritonPool
 
 log = logging.getLogger("segserve.orchestrator.sessions")
 RESTARTED = "the Triton server holding it restarted, and its sessions were lost: open the image again"
+REPLICA_GONE = "its Triton replica is gone (it left the Service), and its sessions with it: open the image again"
 
 
 @dataclass(eq=False)
@@ -86,7 +88,7 @@ class ImageSessions:
 
     # ---- bookkeeping (callers hold self._lock) -------------------------------------------------
     def _explicit_count(self) -> int:
-        return sum(not s.implicit and not s.adopted for s in self._sessions.values())
+        return sum(not s.implicit and not s.adopted and not s.replica.gone for s in self._sessions.values())
 
     def _gauge(self) -> None:
         OPEN_SESSIONS.labels(kind="image").set(self._explicit_count())
@@ -96,7 +98,7 @@ class ImageSessions:
         if self._sessions.get(session.image_id) is session:
             del self._sessions[session.image_id]
             if not session.adopted:
-                self.pool.release(session.replica)
+                self.pool.release(session.replica, IMAGE)
         session.retired = True
         self._gauge()
         return session if session.leases == 0 else None
@@ -108,7 +110,7 @@ class ImageSessions:
 
     def _end(self, sessions) -> None:
         for session in sessions:
-            if session.adopted or session.generation != session.replica.generation:
+            if session.adopted or session.generation != session.replica.generation or session.replica.gone:
                 continue  # its opener ends it, or it died with its Triton
             try:
                 session.replica.close_session(session.sequence_id)
@@ -118,7 +120,7 @@ class ImageSessions:
 
     # ---- opening -------------------------------------------------------------------------------
     def _open(self, image: np.ndarray, implicit: bool, scope: CallScope) -> ImageSession:
-        replica = self.pool.place()
+        replica = self.pool.place(IMAGE)
         sequence_id = secrets.randbelow(2**63 - 1) + 1
         generation = replica.generation
         start = time.perf_counter()
@@ -126,7 +128,7 @@ class ImageSessions:
             height, width = replica.open_session(sequence_id, image, scope)
             STAGE_LATENCY.labels(stage="encode").observe(time.perf_counter() - start)
         except BaseException:
-            self.pool.release(replica)
+            self.pool.release(replica, IMAGE)
             # Triton keeps a sequence slot after a failed START until its idle timeout: free it now.
             with contextlib.suppress(ServiceError):
                 replica.close_session(sequence_id)
@@ -164,10 +166,15 @@ class ImageSessions:
             if ref is None:
                 raise not_found("image_id", f"{quote(image_id)} is not an image id issued by this service")
             replica = self.pool.known(ref.replica_url)
-            if image_id in self._closed or replica is None:
-                raise not_found("image_id", f"{quote(image_id)} is not open (closed, expired or its Triton is gone)")
+            if image_id in self._closed:
+                raise not_found("image_id", f"{quote(image_id)} is not open (closed)")
+            if replica is None:
+                raise not_found("image_id", f"{quote(image_id)}: {REPLICA_GONE}")
             session = ImageSession(image_id, ref.sequence_id, replica, ref.height, ref.width, implicit=False,
                                    generation=replica.generation, adopted=True)
+        elif session.replica.gone:
+            self._retire_locked(session)
+            raise not_found("image_id", f"{quote(image_id)}: {REPLICA_GONE}")
         elif session.generation != session.replica.generation:
             self._retire_locked(session)
             raise not_found("image_id", f"{quote(image_id)}: {RESTARTED}")
@@ -229,8 +236,8 @@ class ImageSessions:
                 expired = self._expire_locked()
                 image_id = self._cache.get(key)
                 session = self._sessions.get(image_id) if image_id else None
-                if session is not None and session.generation != session.replica.generation:
-                    self._retire_locked(session)  # lost with a restarted Triton: encode again
+                if session is not None and (session.generation != session.replica.generation or session.replica.gone):
+                    self._retire_locked(session)  # lost with its Triton: encode again
                     session = None
                 if session is not None:
                     self._cache.move_to_end(key)

@@ -149,13 +149,13 @@ class TextPrompts:
 
     def _infer(self, model_name: str, image: np.ndarray, controls: list, output: str, scope: CallScope) -> str:
         inputs = [tensor("IMAGE", np.ascontiguousarray(image), "UINT8"), *controls]
-        replica = self.pool.place()
         try:
-            # The caption is tokenised on its own first, so that a caption the ensemble would refuse
-            # (over 256 tokens) fails here: Triton 2.51 leaks an in-flight count (and then waits
-            # out its exit timeout) when an ensemble step fails while a parallel branch still runs.
-            replica.infer(TOKENIZE, [controls[0]], ["INPUT_IDS"], "request", scope)
-            result = replica.infer(model_name, inputs, [output], "request", scope)
+            with self.pool.call() as replica:
+                # The caption is tokenised on its own first, so that a caption the ensemble would refuse
+                # (over 256 tokens) fails here: Triton 2.51 leaks an in-flight count (and then waits
+                # out its exit timeout) when an ensemble step fails while a parallel branch still runs.
+                replica.infer(TOKENIZE, [controls[0]], ["INPUT_IDS"], "request", scope)
+                result = replica.infer(model_name, inputs, [output], "request", scope)
         except ServiceError as exc:
             if exc.code == grpc.StatusCode.NOT_FOUND:  # no step refuses with NOT_FOUND: the model is missing
                 what = "SAM 2 and Grounding DINO" if model_name == TEXT_TO_MASK else "Grounding DINO"
@@ -164,8 +164,6 @@ class TextPrompts:
             if error.code == grpc.StatusCode.INVALID_ARGUMENT:  # the step's message names the field
                 error = ServiceError(error.code, error.message.removeprefix("request: "))
             raise error from exc
-        finally:
-            self.pool.release(replica)
         return result.as_numpy(output).reshape(-1)[0]
 
     def mask_from_prompt(self, request: pb.MaskFromPromptRequest, decode: Callable[[bytes], np.ndarray],

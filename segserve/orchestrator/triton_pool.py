@@ -1,7 +1,13 @@
 """Triton replicas and the calls the orchestrator makes to them.
 
 A session lives in one Triton replica's model instance, so every session is pinned to the replica
-that opened it. Replicas are a fixed URL, or every address a headless Service resolves to.
+that opened it. Replicas are a fixed URL, or every address a headless Service resolves to; one that
+leaves DNS is dropped (`Replica.gone`) and its sessions answer NOT_FOUND.
+
+Placement (`TritonPool.place`, `TritonPool.call`): a new session goes to the least-loaded replica
+that has room for its kind (the `max_sessions` of that kind's session model, per replica); a
+stateless call goes to the replica with the fewest calls in flight. Counts are of what this
+orchestrator placed: sessions adopted from another orchestrator are counted by their opener.
 
 Every call goes through `Replica.infer`: bounded by the client's deadline, cancelled in Triton
 when the client goes away, and failures mapped to gRPC codes in one place (`map_triton_error`) by
@@ -9,6 +15,7 @@ the status code Triton answered with (`segserve.common.status`), never by parsin
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -26,6 +33,11 @@ from .rpc import NO_SCOPE, CallScope
 from .settings import Settings
 
 SESSION_MODEL = "sam2_image_session"
+TRACKER_MODEL = "sam2_video_tracker"
+IMAGE, VIDEO = "image", "video"
+# The model holding each kind of session, and its `max_sessions` when the config does not say.
+SESSION_MODELS = {IMAGE: (SESSION_MODEL, 64), VIDEO: (TRACKER_MODEL, 16)}
+CONFIG_RETRY_S = 5.0
 log = logging.getLogger("segserve.orchestrator.triton")
 
 
@@ -68,9 +80,36 @@ class Replica:
         self.url = url
         self.timeout_s = timeout_s
         self.client = grpcclient.InferenceServerClient(url)
-        self.sessions = 0
+        # Placed here by this orchestrator (the pool's lock guards them): sessions by kind, stateless calls.
+        self.held = {kind: 0 for kind in SESSION_MODELS}
+        self.calls = 0
         # Bumped when this Triton is known to have restarted: sessions of an older generation are gone.
         self.generation = 0
+        self.gone = False  # left DNS: dropped from the pool, its sessions are lost to us
+        self._capacity: dict[str, int] = {}
+        self._capacity_error: dict[str, tuple[float, ServiceError]] = {}
+        self._state = threading.Lock()
+        self._active = 0  # infer calls running: the client is closed only after the last one
+        self._close_pending = False
+
+    @property
+    def sessions(self) -> int:
+        return sum(self.held.values())
+
+    def capacity(self, kind: str) -> int:
+        """How many sessions of a kind the model instance holds (its `max_sessions`), read once. A
+        failed read is not repeated for CONFIG_RETRY_S: placement does not wait on a dead replica."""
+        if kind not in self._capacity:
+            failed_at, error = self._capacity_error.get(kind, (0.0, None))
+            if error is not None and time.monotonic() - failed_at < CONFIG_RETRY_S:
+                raise error
+            model, default = SESSION_MODELS[kind]
+            try:
+                self._capacity[kind] = int(self.model_parameters(model).get("max_sessions") or default)
+            except ServiceError as exc:
+                self._capacity_error[kind] = (time.monotonic(), exc)
+                raise
+        return self._capacity[kind]
 
     def answers(self) -> bool:
         """Whether the server itself is up: tells a model's capacity refusal (UNAVAILABLE from a live
@@ -83,6 +122,22 @@ class Replica:
     def infer(self, model: str, inputs: list, outputs: list[str], what: str, scope: CallScope = NO_SCOPE,
               sequence_id: int = 0, start: bool = False, end: bool = False):
         """One inference, ended early (and cancelled in Triton) when the RPC's client goes away."""
+        with self._state:
+            if self.gone:
+                if sequence_id:
+                    raise ServiceError(grpc.StatusCode.NOT_FOUND, f"{what}: its Triton replica is gone")
+                raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the Triton replica left; try again")
+            self._active += 1
+        try:
+            return self._infer(model, inputs, outputs, what, scope, sequence_id, start, end)
+        finally:
+            with self._state:
+                self._active -= 1
+                close_now = self._close_pending and self._active == 0
+            if close_now:
+                self.client.close()
+
+    def _infer(self, model, inputs, outputs, what, scope, sequence_id, start, end):
         requested = [grpcclient.InferRequestedOutput(n) for n in outputs]
         timeout = scope.timeout(self.timeout_s)
         if scope.context is None:
@@ -146,79 +201,162 @@ class Replica:
         except InferenceServerException as exc:
             raise map_triton_error(exc, "model", self) from exc
 
+    def restarted(self) -> None:
+        self.generation += 1
+        self._capacity.clear()  # the restarted server may have been given another config
+        self._capacity_error.clear()
+
+    def retire(self) -> None:
+        """Left DNS: no new calls; the client closes once the calls in flight are done."""
+        with self._state:
+            self.gone = True
+            self._close_pending = True
+            close_now = self._active == 0
+        if close_now:
+            self.client.close()
+
     def close(self) -> None:
         self.client.close()
 
 
 class TritonPool:
-    """Replica discovery and least-loaded placement of new sessions."""
+    """Replica discovery and placement (see the module's docstring)."""
 
     REFRESH_S = 15.0
+    RESOLVE_WAIT_S = 30.0  # how long a caller with no replica known waits for a lookup in progress
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self._lock = threading.Lock()
+        self._resolved = threading.Condition(self._lock)
         self._replicas: dict[str, Replica] = {}
         self._resolved_at = 0.0
-        self._refresh()
+        self._resolving = False
+        if settings.triton_headless:
+            self.refresh(force=True)
+        else:
+            self._replicas[settings.triton_url] = Replica(settings.triton_url, settings.triton_timeout_s)
 
-    def _urls(self) -> list[str]:
-        if not self.settings.triton_headless:
-            return [self.settings.triton_url]
+    # ---- discovery -----------------------------------------------------------------------------
+    def _resolve(self) -> list[str] | None:
+        """Every address of the headless Service; None when DNS could not say (keep what is known).
+        A name that resolves to nothing means every replica left."""
         host, _, port = self.settings.triton_headless.rpartition(":")
         try:
             infos = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)
-        except socket.gaierror:
-            return []
+        except socket.gaierror as exc:
+            if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+                return []
+            log.warning("resolving %s failed (%s): keeping the %d replicas known", host, exc, len(self._replicas))
+            return None
         return sorted({f"{info[4][0]}:{port}" for info in infos})
 
-    def _refresh(self) -> None:
-        urls = self._urls()
+    def refresh(self, force: bool = False) -> None:
+        """Resolve the headless Service again when due. DNS is asked without the lock held, by one
+        thread at a time: the others go on with the replicas known, or wait for the answer when
+        none is known."""
+        if not self.settings.triton_headless:
+            return
+        with self._lock:
+            if self._resolving:
+                deadline = time.monotonic() + self.RESOLVE_WAIT_S
+                while self._resolving and not self._replicas and time.monotonic() < deadline:
+                    self._resolved.wait(deadline - time.monotonic())
+                return
+            if not force and time.monotonic() - self._resolved_at <= self.REFRESH_S:
+                return
+            self._resolving = True
+        urls, dropped = None, []
+        try:
+            urls = self._resolve()
+        finally:
+            with self._lock:
+                self._resolving = False
+                self._resolved_at = time.monotonic()
+                if urls is not None:
+                    dropped = self._apply_locked(urls)
+                self._resolved.notify_all()
+        for replica in dropped:
+            log.warning("Triton %s left DNS: its sessions are lost", replica.url)
+            replica.retire()
+
+    def _apply_locked(self, urls: list[str]) -> list[Replica]:
         for url in urls:
             if url not in self._replicas:
                 self._replicas[url] = Replica(url, self.settings.triton_timeout_s)
-        self._resolved_at = time.monotonic()
+        return [self._replicas.pop(url) for url in list(self._replicas) if url not in urls]
 
     def replicas(self) -> list[Replica]:
         with self._lock:
             return list(self._replicas.values())
 
-    def place(self) -> Replica:
-        """The least-loaded replica, claimed: the caller releases it when done (or the session ends)."""
-        with self._lock:
-            if self.settings.triton_headless and time.monotonic() - self._resolved_at > self.REFRESH_S:
-                self._refresh()
-            if not self._replicas:
-                raise ServiceError(grpc.StatusCode.UNAVAILABLE, "no Triton replica is known")
-            replica = min(self._replicas.values(), key=lambda r: r.sessions)
-            replica.sessions += 1
-            return replica
-
     def known(self, url: str) -> Replica | None:
         with self._lock:
             return self._replicas.get(url)
 
-    def claim(self, replica: Replica) -> None:
+    def any(self) -> Replica:
+        self.refresh()
         with self._lock:
-            replica.sessions += 1
+            if not self._replicas:
+                raise ServiceError(grpc.StatusCode.UNAVAILABLE, "no Triton replica is known")
+            return next(iter(self._replicas.values()))
 
-    def release(self, replica: Replica) -> None:
+    # ---- placement -----------------------------------------------------------------------------
+    def place(self, kind: str) -> Replica:
+        """A replica with room for one more session of `kind`, the least filled, claimed: the caller
+        releases it when the session ends (or fails to open). RESOURCE_EXHAUSTED only when every
+        replica is full."""
+        self.refresh()
+        capacity, failure, failures = {}, None, 0
+        for replica in self.replicas():  # config reads (cached) outside the lock
+            try:
+                capacity[replica] = replica.capacity(kind)
+            except ServiceError as exc:
+                failure, failures = failure or exc, failures + (exc.code != grpc.StatusCode.UNIMPLEMENTED)
         with self._lock:
-            replica.sessions = max(0, replica.sessions - 1)
+            live = [r for r in capacity if self._replicas.get(r.url) is r]
+            if not live:
+                if failure is not None:
+                    raise failure  # e.g. UNIMPLEMENTED: no replica serves this kind
+                raise ServiceError(grpc.StatusCode.UNAVAILABLE, "no Triton replica is known")
+            room = [r for r in live if r.held[kind] < capacity[r]]
+            if not room:
+                held, total = sum(r.held[kind] for r in live), sum(capacity[r] for r in live)
+                replicas = "the Triton replica is" if len(live) == 1 else f"all {len(live)} Triton replicas are"
+                silent = f" ({failures} more did not answer)" if failures else ""
+                raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"session: {replicas} full: {held} {kind} sessions opened through this orchestrator, room for {total}{silent}; "
+                                   f"end or close some")
+            replica = min(room, key=lambda r: (r.held[kind] / capacity[r], r.sessions, r.calls))
+            replica.held[kind] += 1
+            return replica
+
+    def release(self, replica: Replica, kind: str) -> None:
+        with self._lock:
+            replica.held[kind] = max(0, replica.held[kind] - 1)
+
+    @contextlib.contextmanager
+    def call(self):
+        """The replica with the fewest stateless calls in flight, for the duration of the block."""
+        self.refresh()
+        with self._lock:
+            if not self._replicas:
+                raise ServiceError(grpc.StatusCode.UNAVAILABLE, "no Triton replica is known")
+            replica = min(self._replicas.values(), key=lambda r: (r.calls, r.sessions))
+            replica.calls += 1
+        try:
+            yield replica
+        finally:
+            with self._lock:
+                replica.calls -= 1
 
     def triton_restarted(self, url: str) -> None:
         """The Triton at `url` came back from a restart: every session it held is gone."""
         with self._lock:
             replica = self._replicas.get(url)
             if replica is not None:
-                replica.generation += 1
+                replica.restarted()
         log.warning("Triton %s restarted: its sessions are lost", url)
-
-    def any(self) -> Replica:
-        with self._lock:
-            if not self._replicas:
-                raise ServiceError(grpc.StatusCode.UNAVAILABLE, "no Triton replica is known")
-            return next(iter(self._replicas.values()))
 
     def close(self) -> None:
         for replica in self.replicas():

@@ -5,7 +5,7 @@ frame's image).
 
 Where the frame's pixels come from: the tracker model already holds every frame of the session
 (within its byte cap), so the orchestrator asks it for the one frame a text prompt needs
-(`OP_GET_FRAME`) instead of keeping a second copy of every session's video in its own memory: a
+(`TrackerOp.GET_FRAME`) instead of keeping a second copy of every session's video in its own memory: a
 text prompt costs one frame over gRPC, every other request costs nothing, and the byte caps stay
 in one place.
 """

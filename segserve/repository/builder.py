@@ -150,7 +150,8 @@ def model_specs(manifest: Manifest, session_ttl_s: float = 600.0, max_sessions: 
     if not specs:
         raise RepositoryError(f"no exported graphs in {manifest.directory}; run `segserve export` first")
     for spec in specs:
-        missing = [a for a in spec.requires if a not in manifest.records]
+        # Not in the manifest, or listed but its file is gone: either way the family must be exported.
+        missing = [a for a in spec.requires if a not in manifest.records or not manifest.artifact_path(a).is_file()]
         if missing:
             families = ",".join(sorted({_family_of(a) for a in missing}))
             raise RepositoryError(f"model {spec.name} needs the {families} graphs {missing}, missing from "
