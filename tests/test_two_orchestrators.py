@@ -183,3 +183,43 @@ def test_an_adopted_video_session_is_not_counted_against_the_adopter(orchestrato
     assert _code(b.video.add_prompts, unknown, 0, {1: {"points": [(1, 1, 1)]}}) == NOT_FOUND
     assert _code(b.video.end_session, unknown) == NOT_FOUND
     assert second.service.video.sessions.held() == 0
+
+
+def test_sessions_used_only_through_the_other_orchestrator_outlive_the_openers_idle_time(orchestrators, clients,
+                                                                                            photo):
+    """No affinity: a client may keep using a session through B long after A, which opened it, last
+    saw it. A's idle time says nothing then: A forgets the session without ENDing it while the model
+    (whose TTL sees every use) still holds it, and serves it again by adopting it."""
+    import time
+
+    a, b = clients
+    first, _ = orchestrators
+    frames, centres = moving_shapes(3, *HW)
+    images, video = first.service.images, first.service.video
+    video.params()
+    saved = images.ttl_s, video._params["session_ttl_s"]
+    images.ttl_s, video._params["session_ttl_s"] = 1.0, "1.0"  # A's idle limit only; the models keep 600 s
+    try:
+        opened = a.open_image(photo)
+        started = a.video.start_session(list(frames))
+        point = {1: {"points": [(*centres[1][0], 1)]}}
+        for _ in range(3):
+            time.sleep(0.6)
+            assert b.mask_from_prompt(image_id=opened.image_id, points=[(100, 100, 1)]).objects
+            assert b.video.add_prompts(started.session_id, 0, point).masks[1].any()
+        time.sleep(1.2)
+        # A's expiry passes (any call runs them) find both idle here: Triton still holds them, so no END.
+        a.close_image(a.open_image(photo).image_id)
+        a.video.list_sessions()
+        assert images.held() == 0, "A still holds the image session"  # forgotten here ...
+        assert video.sessions.held() == 0, "A still holds the video session"
+        assert b.mask_from_prompt(image_id=opened.image_id, points=[(100, 100, 1)]).objects  # ... not ended
+        assert b.video.add_prompts(started.session_id, 1, point).masks[1].any()
+        assert a.mask_from_prompt(image_id=opened.image_id, points=[(100, 100, 1)]).objects  # adopted again
+        assert a.video.add_prompts(started.session_id, 2, point).masks[1].any()
+    finally:
+        images.ttl_s, video._params["session_ttl_s"] = saved
+    b.close_image(opened.image_id)
+    b.video.end_session(started.session_id)
+    assert _code(a.mask_from_prompt, image_id=opened.image_id, points=[(1, 1, 1)]) == NOT_FOUND
+    assert _code(a.video.add_prompts, started.session_id, 0, point) == NOT_FOUND

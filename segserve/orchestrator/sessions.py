@@ -51,6 +51,7 @@ class ImageSession:
     last_used: float = field(default_factory=time.monotonic)
     leases: int = 0
     retired: bool = False  # no longer reachable by id; ENDed when the last lease goes
+    idle_here: bool = False  # retired for idleness on this orchestrator: ENDed only if Triton agrees
 
     def infer(self, inputs: list, outputs: list[str], scope: CallScope = NO_SCOPE):
         """A request on this session's sequence (never START). Triton's answer must be for an image
@@ -106,17 +107,35 @@ class ImageSessions:
     def _expire_locked(self) -> list[ImageSession]:
         now = time.monotonic()
         stale = [s for s in self._sessions.values() if s.leases == 0 and now - s.last_used > self.ttl_s]
-        return [s for s in stale if self._retire_locked(s)]  # Triton drops them at the same idle time
+        for session in stale:
+            session.idle_here = not session.implicit  # an explicit id may be in use through another replica
+        return [s for s in stale if self._retire_locked(s)]
 
     def _end(self, sessions) -> None:
         for session in sessions:
             if session.adopted or session.generation != session.replica.generation or session.replica.gone:
                 continue  # its opener ends it, or it died with its Triton
             try:
+                if session.idle_here and self._held_by_triton(session):
+                    continue  # used through another orchestrator within the TTL: not idle, not ours to end
                 session.replica.close_session(session.sequence_id)
             except ServiceError as exc:  # the replica frees it at its TTL anyway
                 log.warning("ending image session on %s failed (%s): %s", session.replica.url, exc.code.name,
                             exc.message)
+
+    @staticmethod
+    def _held_by_triton(session: ImageSession) -> bool:
+        """Whether the session model still holds a session this orchestrator has not used for its TTL.
+        The model evicts idle sessions before it answers and sees every orchestrator's requests, so
+        a session it still holds was used elsewhere within the TTL (this request keeps it one TTL
+        more at most)."""
+        try:
+            session.replica.infer(SESSION_MODEL, [], ["IMAGE_SIZE"], "image_id", sequence_id=session.sequence_id)
+        except ServiceError as exc:
+            if exc.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                return False
+            raise
+        return True
 
     # ---- opening -------------------------------------------------------------------------------
     def _open(self, image: np.ndarray, implicit: bool, scope: CallScope) -> ImageSession:
@@ -178,10 +197,12 @@ class ImageSessions:
         elif session.generation != session.replica.generation:
             self._retire_locked(session)
             raise not_found("image_id", f"{quote(image_id)}: {RESTARTED}")
-        elif time.monotonic() - session.last_used > self.ttl_s:
-            if self._retire_locked(session):
-                self._to_end.append(session)  # Triton keeps the sequence's slot until END
-            raise not_found("image_id", f"{quote(image_id)} expired after {self.ttl_s:.0f} s idle")
+        elif time.monotonic() - session.last_used > self.ttl_s and session.leases == 0:
+            # Idle here, but perhaps used through other orchestrators since: the model, whose TTL sees
+            # every use, decides. The request goes on as for an adopted id (NOT_FOUND if it expired).
+            self._retire_locked(session)
+            session = ImageSession(image_id, session.sequence_id, session.replica, session.height, session.width,
+                                   implicit=False, generation=session.generation, adopted=True)
         return session
 
     @contextlib.contextmanager
@@ -314,6 +335,12 @@ class ImageSessions:
             return len(self._sessions)
 
     def close_all(self) -> None:
+        """At shutdown: END the cache's sessions (nobody else knows them). Explicit sessions are left
+        to the model's TTL: other orchestrator replicas serve them (a rolling update keeps them)."""
         with self._lock:
             sessions = [s for s in list(self._sessions.values()) if self._retire_locked(s)]
-        self._end(sessions)
+        left = [s for s in sessions if not s.implicit and not s.adopted]
+        if left:
+            log.info("leaving %d image sessions open in Triton for other orchestrator replicas (ended at their TTL)",
+                     len(left))
+        self._end([s for s in sessions if s.implicit])

@@ -9,11 +9,13 @@ not adopted again). EndSession through any orchestrator ENDs the sequence; the o
 at their next call (NOT_FOUND) and forget it.
 
 Requests of one session are serialised by a per-session lock of this process; Triton's sequence
-batcher serialises them across orchestrators. Sessions idle past the tracker's TTL are dropped and
-(if opened here) ENDed, since Triton keeps a sequence's slot until END or its own idle limit.
+batcher serialises them across orchestrators. Sessions idle *here* past the tracker's TTL are
+forgotten and, if opened here and the tracker no longer holds them either, ENDed (Triton keeps a
+sequence's slot until END or its own idle limit); one used through another orchestrator lives on.
 """
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -28,6 +30,7 @@ from .rpc import NO_SCOPE, CallScope
 from .tracker_client import SessionGone, Tracker
 from .triton_pool import VIDEO, Replica, TritonPool
 
+log = logging.getLogger("segserve.orchestrator.video")
 REMEMBERED = 4096  # ended ids kept to answer NOT_FOUND rather than adopt them again
 RESTARTED = "the Triton server holding it restarted, and its sessions were lost: start the session again"
 REPLICA_GONE = "its Triton replica is gone (it left the Service), and its sessions with it: start the session again"
@@ -44,6 +47,7 @@ class VideoSession:
     num_frames: int = 0
     object_ids: list[int] = field(default_factory=list)
     adopted: bool = False  # opened through another orchestrator
+    idle_here: bool = False  # dropped for idleness on this orchestrator: ENDed only if Triton agrees
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_used: float = field(default_factory=time.monotonic)
 
@@ -80,17 +84,34 @@ class VideoSessions:
     def _expire_locked(self, ttl_s: float) -> None:
         now = time.monotonic()
         for session in [s for s in self._sessions.values() if now - s.last_used > ttl_s]:
-            # An adopted session is its opener's to END; here it is only forgotten (and adoptable again).
-            self._drop_locked(session, remember=not session.adopted)
+            # Idle here, but perhaps used through other orchestrators since: forgotten (adoptable
+            # again), and ENDed only if the tracker, whose TTL sees every use, no longer holds it.
+            self._drop_locked(session, remember=False)
             if not session.adopted:
+                session.idle_here = True
                 self._to_end.append(session)
 
     def _end_dropped(self) -> None:
         with self._lock:
             sessions, self._to_end = self._to_end, []
         for session in sessions:
-            if not session.lost:
-                Tracker(session.replica).end(session)
+            if session.lost or (session.idle_here and self._held_by_triton(session)):
+                continue
+            Tracker(session.replica).end(session)
+
+    @staticmethod
+    def _held_by_triton(session: VideoSession) -> bool:
+        """The tracker evicts idle sessions before it answers: one it still holds was used within its
+        TTL through another orchestrator (this INFO keeps it one TTL more at most)."""
+        try:
+            Tracker(session.replica).info(session)
+        except SessionGone:
+            return False
+        except ServiceError as exc:
+            log.warning("checking idle video session %s failed (%s): %s", quote(session.session_id), exc.code.name,
+                        exc.message)
+            return True  # not ended: the tracker's own TTL frees it
+        return True
 
     def _resolve_locked(self, session_id: str, ref: SessionRef) -> VideoSession:
         """The session an id names; an id of another orchestrator gives an unregistered, adopted
@@ -202,11 +223,14 @@ class VideoSessions:
             return len(self._sessions)
 
     def close_all(self) -> None:
+        """At shutdown: forget every session without ENDing it. Other orchestrator replicas serve
+        them (a rolling update keeps them); the tracker's TTL frees the ones nobody uses."""
         with self._lock:
             sessions = list(self._sessions.values())
             for session in sessions:
-                self._drop_locked(session)
-        for session in sessions:
-            if not session.adopted and not session.lost:
-                Tracker(session.replica).end(session)
+                self._drop_locked(session, remember=False)
+        opened = sum(not s.adopted and not s.lost for s in sessions)
+        if opened:
+            log.info("leaving %d video sessions open in Triton for other orchestrator replicas (ended at their TTL)",
+                     opened)
 
