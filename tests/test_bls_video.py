@@ -15,6 +15,7 @@ import pytest
 from benchmarks.gpu_check_video_state import compare_on_gpu, run_raw, session_script, state_arrays
 from segserve.common.synthetic_video import moving_shapes
 from tests.sam2_video_reference import compare, iou, run_reference, run_tracker
+from tests.test_video_prompts import served
 
 HW = (96, 128)
 FRAMES = 8
@@ -152,31 +153,6 @@ def bls_stack(video_artifacts, tmp_path_factory):
     assert 'string_value: "bls"' in (repository / "sam2_video_tracker" / "config.pbtxt").read_text()
     with start_stack(repository, tmp_path_factory.mktemp("bls_video_triton"), Settings()) as running:
         yield running
-
-
-def served(client, frames, script) -> list[tuple[int, dict[int, np.ndarray]]]:
-    video = client.video
-    info = video.start_session(list(frames))
-    results = []
-    try:
-        for action in script:
-            if action[0] == "prompt":
-                prompts = {}
-                for oid, prompt in action[2].items():
-                    if isinstance(prompt, np.ndarray):
-                        prompts[oid] = {"mask": prompt}
-                    elif list(prompt[1]) == [2, 3]:
-                        prompts[oid] = {"box": (*prompt[0][0], *prompt[0][1])}
-                    else:
-                        prompts[oid] = {"points": [(x, y, label) for (x, y), label in zip(*prompt)]}
-                out = video.add_prompts(info.session_id, action[1], prompts)
-                results.append((out.frame_index, out.masks))
-            else:
-                for out in video.propagate(info.session_id, start_frame_index=action[1], reverse=action[2]):
-                    results.append((out.frame_index, out.masks))
-    finally:
-        video.end_session(info.session_id)
-    return results
 
 
 def _inference_counts(stack) -> dict[str, int]:

@@ -88,16 +88,23 @@ def mask_script(centres):
 
 
 def served(client, frames, script) -> list[tuple[int, dict[int, np.ndarray]]]:
+    """Run a script of prompts (points, a box as corners labelled 2/3, or a mask) and propagations
+    through the gRPC API; (frame index, masks) per answer."""
     video = client.video
     info = video.start_session(list(frames))
     results = []
     try:
         for action in script:
             if action[0] == "prompt":
-                _, frame, objects = action
-                prompts = {oid: {"mask": p} if isinstance(p, np.ndarray) else
-                           {"points": [(x, y, label) for (x, y), label in zip(*p)]} for oid, p in objects.items()}
-                out = video.add_prompts(info.session_id, frame, prompts)
+                prompts = {}
+                for oid, prompt in action[2].items():
+                    if isinstance(prompt, np.ndarray):
+                        prompts[oid] = {"mask": prompt}
+                    elif list(prompt[1]) == [2, 3]:
+                        prompts[oid] = {"box": (*prompt[0][0], *prompt[0][1])}
+                    else:
+                        prompts[oid] = {"points": [(x, y, label) for (x, y), label in zip(*prompt)]}
+                out = video.add_prompts(info.session_id, action[1], prompts)
                 results.append((out.frame_index, out.masks))
             else:
                 for out in video.propagate(info.session_id, start_frame_index=action[1], reverse=action[2]):

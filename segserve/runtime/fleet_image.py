@@ -138,9 +138,10 @@ def copy_runtime_package(dest: Path) -> Path:
 def fleet_python(workspace: Path) -> PythonRuntime:
     """The image's Python with exactly requirements/triton.txt (a venv, built once per pin set) and
     the image's copy of the segserve runtime (fresh each call, so it is this checkout's code)."""
+    workspace = Path(workspace).resolve()  # Triton runs from its own workspace: absolute paths only
     image = release()
     python = find_python(image.python)
-    venv = Path(workspace) / f"fleet-python{image.python}-{_digest(REQUIREMENTS.read_text(), str(python))}"
+    venv = workspace / f"fleet-python{image.python}-{_digest(REQUIREMENTS.read_text(), str(python))}"
     marker = venv / ".segserve-complete"
     if not marker.is_file():
         shutil.rmtree(venv, ignore_errors=True)
@@ -151,7 +152,7 @@ def fleet_python(workspace: Path) -> PythonRuntime:
     site = venv / "lib" / f"python{image.python}" / "site-packages"
     libdir = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
                             capture_output=True, text=True, check=True).stdout.strip()
-    runtime = copy_runtime_package(Path(workspace) / "fleet-runtime-package")
+    runtime = copy_runtime_package(workspace / "fleet-runtime-package")
     return PythonRuntime(image.python, libdir, (str(runtime), str(site)), str(venv / "bin"))
 
 
@@ -161,7 +162,7 @@ def standin_libraries(workspace: Path) -> Path:
     of the image's Python environment."""
     image = release()
     python = find_python(image.python)
-    target = Path(workspace) / f"standin-onnxruntime{image.onnxruntime}-py{image.python}"
+    target = Path(workspace).resolve() / f"standin-onnxruntime{image.onnxruntime}-py{image.python}"
     if not (target / ".segserve-complete").is_file():
         shutil.rmtree(target, ignore_errors=True)
         _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
