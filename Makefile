@@ -7,7 +7,7 @@ ARTIFACTS ?= artifacts
 REPOSITORY ?= model_repository/embedded
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench load lint clean
+.PHONY: setup demo test bench gpu-check load lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,21 @@ bench: setup
 	$(PY) benchmarks/text_to_mask.py --out out/bench_text_to_mask.json
 	$(PY) benchmarks/video.py --out out/bench_video.json
 
+# On a machine with an NVIDIA GPU: TensorRT (the fleet image's version, `gpu` extra) and CuPy, every
+# engine built from real-size random weights and parity-gated, the `gpu` tests, and the engine vs
+# ONNX Runtime vs PyTorch benchmark. Stops with what is missing (exit 2) before installing anything
+# without a GPU.
+GPU_ARTIFACTS ?= artifacts-gpu
+gpu-check: setup
+	@command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 || { \
+	  echo "make gpu-check: no NVIDIA GPU here (nvidia-smi finds none); run it on a GPU machine" >&2; exit 2; }
+	$(PY) -m pip install -q -e '.[gpu]'
+	$(PY) benchmarks/gpu.py --check
+	$(PY) -m segserve.cli export --families sam2,sam2_video,mask2former,grounding_dino --random-size real \
+	  --out $(GPU_ARTIFACTS) --tensorrt --trt-timing-cache $(GPU_ARTIFACTS)/timing.cache
+	SEGSERVE_GPU_ARTIFACTS=$(GPU_ARTIFACTS) $(PY) -m pytest -q -m gpu tests/test_engines.py
+	$(PY) benchmarks/gpu.py --artifacts $(GPU_ARTIFACTS) --out out/bench_gpu.json
+
 # Locust over gRPC against the embedded stack; the soak: make load LOAD_ARGS="--run-time 10m"
 LOAD_ARGS ?=
 load: setup
@@ -45,4 +60,4 @@ lint: setup
 	$(VENV)/bin/ruff check segserve tests benchmarks loadtests
 
 clean:
-	rm -rf $(ARTIFACTS) model_repository/embedded model_repository/fleet out build .pytest_cache
+	rm -rf $(ARTIFACTS) $(GPU_ARTIFACTS) model_repository/embedded model_repository/fleet out build .pytest_cache

@@ -38,13 +38,31 @@ def cmd_export(args) -> None:
     from segserve.export.families import export_families
     from segserve.export.manifest import Manifest
 
+    if args.tensorrt:  # before the ONNX export: say at once what is missing for the engines
+        from segserve.engines.build import EngineBuildError, check_precision, require_tensorrt
+
+        try:
+            check_precision(args.trt_precision, require_tensorrt()[1])
+        except EngineBuildError as exc:
+            sys.exit(f"segserve export --tensorrt: {exc}")
     checkpoints = {k: Path(v) for k, v in _pairs(args.checkpoint, "--checkpoint").items()}
-    export_families(args.families.split(","), args.out, checkpoints, _pairs(args.expect_sha256, "--expect-sha256"),
+    families = args.families.split(",")
+    export_families(families, args.out, checkpoints, _pairs(args.expect_sha256, "--expect-sha256"),
                     args.random_size, args.force)
     for record in Manifest(args.out).records.values():
         weights = "RANDOM weights" if record.random_weights else "checkpoint weights"
         print(f"{record.name}: {args.out / record.file} ({weights}; parity max abs error "
               f"{record.parity['max_abs_error']:.2e})")
+    if args.tensorrt:
+        from segserve.engines.build import BuildOptions, build_engines
+
+        options = BuildOptions(args.trt_precision, args.trt_workspace_gib, args.trt_timing_cache)
+        try:
+            outcomes = build_engines(args.out, options, families, force=args.force)
+        except EngineBuildError as exc:
+            sys.exit(f"segserve export --tensorrt: {exc}")
+        for graph, outcome in outcomes.items():
+            print(f"{graph}: {outcome}")
 
 
 def cmd_build_repo(args) -> None:
@@ -53,7 +71,10 @@ def cmd_build_repo(args) -> None:
     if args.cpu_standins and args.target != "fleet":
         sys.exit("segserve: --cpu-standins applies to --target fleet")
     names = build_repository(args.artifacts, args.out, args.target, args.graph_backend, args.session_ttl_s,
-                             args.max_sessions)
+                             args.max_sessions, options={"trt_cache_path": args.trt_cache_path,
+                                                         "trt_precision": args.trt_precision,
+                                                         "target_gpu": args.target_gpu,
+                                                         "target_compute_capability": args.target_compute_capability})
     print(f"{args.target} repository at {args.out}: {', '.join(names)}")
     if args.cpu_standins:
         from segserve.repository.standins import replace_graphs_with_cpu_standins
@@ -301,13 +322,35 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--random-size", choices=("tiny", "real"), default="tiny",
                    help="random-weight model size when no checkpoint is given (real: published shapes)")
     p.add_argument("--force", action="store_true", help="re-export even when cached")
+    trt = p.add_argument_group(
+        "TensorRT engines (fleet; needs an NVIDIA GPU and the `gpu` extra's TensorRT, the fleet image's version)",
+        "--tensorrt turns every exported graph into a parity-gated engine <name>.plan next to <name>.onnx, on "
+        "this GPU; grounding_dino and mask2former stay on ONNX Runtime (segserve.engines.policy). Without a GPU "
+        "or TensorRT, build them with the chart's engine Job or `make gpu-check`.")
+    trt.add_argument("--tensorrt", action="store_true", help="build TensorRT engines after the ONNX export")
+    trt.add_argument("--trt-precision", choices=("fp16", "bf16", "fp32"), default="fp16",
+                     help="fp16 (default); bf16 needs compute capability >= 8.0; fp32 always works")
+    trt.add_argument("--trt-workspace-gib", type=float, default=4.0, help="TensorRT workspace limit (GiB)")
+    trt.add_argument("--trt-timing-cache", type=Path, metavar="PATH",
+                     help="timing cache file, loaded when present and saved after each build")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("build-repo", help="generate the Triton model repository")
     p.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
     p.add_argument("--out", type=Path, default=DEFAULT_REPOSITORY)
     p.add_argument("--target", choices=("embedded", "fleet"), default="embedded")
-    p.add_argument("--graph-backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime")
+    p.add_argument("--graph-backend", choices=("onnxruntime", "onnxruntime-trt", "tensorrt"), default="onnxruntime",
+                   help="fleet graphs: onnxruntime (CUDA), onnxruntime-trt (its TensorRT accelerator, engines "
+                        "built at load and cached), tensorrt (prebuilt plans); grounding_dino and mask2former "
+                        "stay on onnxruntime (segserve.engines.policy)")
+    p.add_argument("--trt-cache-path", default="/models/trt-cache",
+                   help="onnxruntime-trt: engine and timing caches, <path>/<model> (a volume in Triton's pod)")
+    p.add_argument("--trt-precision", type=str.upper, choices=("FP16", "FP32"), default="FP16",
+                   help="onnxruntime-trt: precision_mode of the TensorRT accelerator")
+    p.add_argument("--target-gpu", metavar="NAME",
+                   help="tensorrt: the fleet's GPU as nvidia-smi names it (default: this machine's); engines "
+                        "built for another GPU or TensorRT are refused")
+    p.add_argument("--target-compute-capability", metavar="X.Y", help="tensorrt: the fleet GPU's compute capability")
     p.add_argument("--session-ttl-s", type=float, default=600.0)
     p.add_argument("--max-sessions", type=int, default=64)
     p.add_argument("--cpu-standins", action="store_true",

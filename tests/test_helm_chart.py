@@ -141,6 +141,8 @@ def test_ci_variants_exist():
         "cpu-only-values.yaml",
         "monitoring-disabled-values.yaml",
         "autoscaling-disabled-values.yaml",
+        "tensorrt-values.yaml",
+        "onnxruntime-trt-values.yaml",
     ):
         assert expected in names
 
@@ -208,6 +210,13 @@ BAD_VALUES = {
     "unknown access mode": {"triton": {"modelRepository": {"job": {"storage": {"accessModes": ["ReadMany"]}}}}},
     "negative builds kept": {"triton": {"modelRepository": {"job": {"keepBuilds": -1}}}},
     "unknown job key": {"triton": {"modelRepository": {"job": {"checkpoint": {}}}}},
+    "unknown graph backend": {"triton": {"graphBackend": "tensorrt-llm"}},
+    "unknown trt precision": {"triton": {"tensorrt": {"precision": "int8"}}},
+    "trt version not a version": {"triton": {"tensorrt": {"version": "latest"}}},
+    "gpu product not a label value": {"triton": {"gpu": {"product": "NVIDIA H100 80GB HBM3"}}},
+    "trt cache path relative": {"triton": {"trtCache": {"path": "trt-cache"}}},
+    "trt cache path with dot-dot": {"triton": {"trtCache": {"path": "/models/../etc"}}},
+    "unknown trt cache volume": {"triton": {"trtCache": {"volume": "hostPath"}}},
 }
 
 
@@ -779,6 +788,270 @@ def test_repository_job_scripts(chart, tmp_path):
     for build_id in ("b3", "b4"):
         build(build_id, keep="2")
     assert sorted(p.name for p in (models / "builds").iterdir()) == ["b3", "b4"]
+
+
+# Graph backends: TensorRT engines built by the Job on the GPU pool, or ONNX Runtime's TensorRT
+# accelerator with an engine cache.
+
+TRT_PRODUCT = "NVIDIA-H100-80GB-HBM3"
+TRT_JOB_IMAGE = {"repository": "reg.example/segserve-gpu", "tag": "0.1.0-trt10.5.0"}
+
+
+def _tensorrt_values(**triton) -> dict[str, Any]:
+    values = {"triton": {
+        "graphBackend": "tensorrt",
+        "gpu": {"product": TRT_PRODUCT},
+        "modelRepository": {"job": {"image": dict(TRT_JOB_IMAGE)}},
+    }}
+    for key, value in triton.items():
+        if isinstance(value, dict):
+            values["triton"].setdefault(key, {}).update(value)
+        else:
+            values["triton"][key] = value
+    return values
+
+
+def _pair_args(args: list[str]) -> dict[str, str]:
+    return {a: b for a, b in zip(args, args[1:]) if a.startswith("--") and not b.startswith("--")}
+
+
+def test_tensorrt_job_builds_engines_on_the_gpu_pool(chart):
+    docs = _rendered(chart, "tensorrt-values.yaml")
+    build_id = _build_id(docs)
+    job = _job(docs)
+    pod = job["spec"]["template"]["spec"]
+    steps = _job_containers(job)
+    tpod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+
+    # Same pool as Triton, narrowed to the GPU model the engines are for.
+    assert tpod["nodeSelector"]["nvidia.com/gpu.product"] == TRT_PRODUCT
+    assert tpod["nodeSelector"]["nvidia.com/gpu.present"] == "true"
+    assert pod["nodeSelector"] == tpod["nodeSelector"]
+    assert pod["tolerations"] == tpod["tolerations"]
+    # The engine build and the engine checks hold a GPU, the same resource Triton asks for.
+    triton = next(c for c in tpod["containers"] if c["name"] == "tritonserver")
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
+    for step in ("export", "build-repo"):
+        assert steps[step]["resources"]["limits"]["nvidia.com/gpu"] == 1, step
+        assert steps[step]["resources"]["requests"]["cpu"] == "2"  # job.resources kept
+    assert "nvidia.com/gpu" not in json.dumps(steps["publish"]["resources"])
+    assert steps["export"]["image"] == "registry.example.com/segserve/segserve-gpu:0.1.0-trt10.5.0"
+
+    key = f"{TRT_PRODUCT}-10.5.0"
+    export = steps["export"]["args"][1:]
+    artifacts = f"/models/artifacts-tensorrt/{key}-fp16"
+    assert "--tensorrt" in export
+    assert _pair_args(export).items() >= {
+        "--out": artifacts, "--trt-precision": "fp16", "--trt-workspace-gib": "8",
+        "--trt-timing-cache": f"/models/trt-timing-cache/{key}.cache",
+    }.items()
+    assert "mkdir -p /models/trt-timing-cache" in steps["export"]["args"][0]
+    build = steps["build-repo"]["args"][1:]
+    assert build[:7] == ["build-repo", "--target", "fleet", "--artifacts", artifacts, "--out",
+                         f"/models/builds/.partial-{build_id}/repository"]
+    assert build[7:] == ["--graph-backend", "tensorrt", "--target-gpu", TRT_PRODUCT]
+
+    # Triton waits for the build and builds nothing itself.
+    (wait,) = tpod["initContainers"]
+    assert wait["name"] == "wait-for-repository" and _env(wait)["BUILD_ID"] == build_id
+    assert "segserve" not in json.dumps(triton["command"] + triton["args"])
+    assert _repo_arg(_triton_args(docs)) == f"/models/builds/{build_id}/repository"
+    assert all(m.get("readOnly") for m in triton["volumeMounts"] if m["name"] == "models")
+
+
+def test_tensorrt_job_placement_merges_job_settings(chart):
+    docs = _render(chart, _tensorrt_values(
+        runtimeClassName="nvidia",
+        affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["gpu"]}]}]}}},
+        modelRepository={"job": {"image": dict(TRT_JOB_IMAGE), "nodeSelector": {"team": "ml"},
+                                 "tolerations": [{"key": "build", "operator": "Exists"}]}},
+    ))
+    pod = _job(docs)["spec"]["template"]["spec"]
+    tpod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": TRT_PRODUCT, "team": "ml"}
+    assert tpod["nodeSelector"] == {"nvidia.com/gpu.product": TRT_PRODUCT}
+    assert pod["tolerations"] == [{"key": "build", "operator": "Exists"}]
+    assert pod["affinity"] == tpod["affinity"]
+    assert pod["runtimeClassName"] == tpod["runtimeClassName"] == "nvidia"
+    for doc in docs:
+        _validate_object(doc)
+
+
+# Engines are valid for one GPU model and one TensorRT version: those (and how they are built) are
+# inputs of a tensorrt build; nothing else of Triton's is.
+TRT_INPUT_CHANGES = {
+    "gpu model": {"gpu": {"product": "NVIDIA-A100-SXM4-80GB"}},
+    "tensorrt version": {"tensorrt": {"version": "10.6.0"}},
+    "precision": {"tensorrt": {"precision": "fp32"}},
+}
+TRT_UNRELATED_CHANGES = {
+    "triton replicas": {"replicaCount": 3, "autoscaling": {"enabled": False}},
+    "triton image tag": {"image": {"tag": "0.1.0-24.10-patched"}},
+    "triton resources": {"resources": {"requests": {"cpu": "8"}}},
+    "onnxruntime-trt cache path": {"trtCache": {"path": "/models/ort-trt"}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRT_INPUT_CHANGES))
+def test_tensorrt_build_keyed_by_gpu_and_tensorrt(chart, case):
+    name, build = _job_identity(chart, _tensorrt_values())
+    new_name, new_build = _job_identity(chart, _tensorrt_values(**TRT_INPUT_CHANGES[case]))
+    assert new_build != build and new_name != name
+    assert len(new_name) <= 63
+
+
+@pytest.mark.parametrize("case", sorted(TRT_UNRELATED_CHANGES))
+def test_tensorrt_build_kept_when_inputs_do_not_change(chart, case):
+    assert _job_identity(chart, _tensorrt_values(**TRT_UNRELATED_CHANGES[case])) == _job_identity(
+        chart, _tensorrt_values())
+
+
+def test_tensorrt_differs_from_the_onnxruntime_build(chart):
+    assert _job_identity(chart, _tensorrt_values())[1] != _job_identity(chart, {})[1]
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"triton": {"graphBackend": "tensorrt", "modelRepository": {"job": {"image": TRT_JOB_IMAGE}}}},
+     "triton.gpu.product is required when triton.graphBackend is tensorrt"),
+    ({"triton": {"graphBackend": "tensorrt", "gpu": {"product": TRT_PRODUCT}}},
+     "job.image.repository is required when triton.graphBackend is tensorrt"),
+    ({"triton": {"graphBackend": "tensorrt", "gpu": {"enabled": False, "product": TRT_PRODUCT}}}, "needs a GPU"),
+    ({"triton": {"graphBackend": "onnxruntime-trt", "gpu": {"enabled": False}}}, "needs a GPU"),
+    ({"triton": {"graphBackend": "tensorrt", "gpu": {"product": TRT_PRODUCT},
+                 "modelRepository": {"mode": "initExport"}}}, "built once by the repository Job"),
+    ({"triton": {"graphBackend": "onnxruntime-trt"}}, "gpu.product is required when triton.trtCache.volume is claim"),
+    ({"triton": {"graphBackend": "onnxruntime-trt", "gpu": {"product": TRT_PRODUCT},
+                 "modelRepository": {"mode": "pvc", "pvc": {"claimName": "c"}}}}, "trtCache.volume=emptyDir"),
+    ({"triton": {"graphBackend": "onnxruntime-trt", "trtCache": {"volume": "emptyDir", "path": "/models"}}},
+     "would hide the repository"),
+    ({"triton": {"graphBackend": "onnxruntime-trt", "trtCache": {"volume": "emptyDir", "path": "/models/builds/x"}}},
+     "sit inside /models/builds"),
+])
+def test_graph_backend_guards(chart, values, match):
+    with pytest.raises(helm.HelmRenderError, match=match):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_onnxruntime_trt_cache_on_the_claim(chart):
+    docs = _rendered(chart, "onnxruntime-trt-values.yaml")
+    key = "NVIDIA-L4-10.5.0"
+    steps = _job_containers(_job(docs))
+    build = steps["build-repo"]["args"][1:]
+    assert build[7:] == ["--graph-backend", "onnxruntime-trt", "--trt-cache-path", "/models/trt-cache"]
+    assert "--tensorrt" not in steps["export"]["args"]  # no offline build ...
+    assert "nvidia.com/gpu" not in json.dumps(_job(docs))  # ... so no GPU for the Job
+    assert "nodeSelector" not in _job(docs)["spec"]["template"]["spec"]
+    assert f'mkdir -p "/models/trt-cache/{key}"' in steps["publish"]["args"][0]
+
+    tpod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    assert tpod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
+    triton = next(c for c in tpod["containers"] if c["name"] == "tritonserver")
+    mounts = {m["mountPath"]: m for m in triton["volumeMounts"]}
+    assert mounts["/models"] == {"name": "models", "mountPath": "/models", "readOnly": True}
+    assert mounts["/models/trt-cache"] == {"name": "models", "mountPath": "/models/trt-cache",
+                                           "subPath": f"trt-cache/{key}"}
+    (wait,) = tpod["initContainers"]
+    assert all(m.get("readOnly") for m in wait["volumeMounts"] if m["name"] == "models")
+    volumes = {v["name"]: v for v in tpod["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["readOnly"] is False  # for the cache subPath only
+
+    # The cache directory is keyed by GPU model and TensorRT version: a new one is made (and the
+    # repository republished) before Triton pods on the new GPUs start.
+    base = _variant_values("onnxruntime-trt-values.yaml")
+    other = copy.deepcopy(base)
+    other["triton"]["gpu"]["product"] = "NVIDIA-L40S"
+    assert _job_identity(chart, other)[1] != _job_identity(chart, base)[1]
+
+
+def test_onnxruntime_trt_cache_per_pod(chart):
+    values = {"triton": {"graphBackend": "onnxruntime-trt", "trtCache": {"volume": "emptyDir", "path": "/trt-cache",
+                                                                          "sizeLimit": "5Gi"}}}
+    docs = _render(chart, values)
+    tpod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    triton = next(c for c in tpod["containers"] if c["name"] == "tritonserver")
+    assert {"name": "trt-cache", "mountPath": "/trt-cache"} in triton["volumeMounts"]
+    volumes = {v["name"]: v for v in tpod["volumes"]}
+    assert volumes["trt-cache"] == {"name": "trt-cache", "emptyDir": {"sizeLimit": "5Gi"}}
+    assert volumes["models"]["persistentVolumeClaim"]["readOnly"] is True
+    assert "nodeSelector" not in tpod  # no gpu.product: any GPU node
+    assert _job_containers(_job(docs))["build-repo"]["args"][-2:] == ["--trt-cache-path", "/trt-cache"]
+    for doc in docs:
+        _validate_object(doc)
+    notes = chart.render(values, name=RELEASE, namespace=NAMESPACE)["segserve/templates/NOTES.txt"]
+    assert "every pod start rebuilds" in notes
+
+    # initExport: the pod's own build-repo gets the flags; its engines cache in the pod.
+    docs = _render(chart, {"triton": {"graphBackend": "onnxruntime-trt", "trtCache": {"volume": "emptyDir"},
+                                      "modelRepository": {"mode": "initExport"}}})
+    tpod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    build = next(c for c in tpod["initContainers"] if c["name"] == "build-repo")
+    assert build["args"][7:] == ["--graph-backend", "onnxruntime-trt", "--trt-cache-path", "/models/trt-cache"]
+    for doc in docs:
+        _validate_object(doc)
+
+
+def test_graph_backend_defaults_unchanged(chart):
+    docs = _rendered(chart, "chart-defaults")
+    steps = _job_containers(_job(docs))
+    assert "--graph-backend" not in steps["build-repo"]["args"]
+    assert "--tensorrt" not in steps["export"]["args"]
+    assert "/models/artifacts" in steps["export"]["args"] and "trt" not in json.dumps(_job(docs))
+    assert "nodeSelector" not in _job(docs)["spec"]["template"]["spec"]
+    tpod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    assert "nodeSelector" not in tpod and "trt" not in json.dumps(tpod)
+    # With the onnxruntime backend, TensorRT settings are not inputs of the build; a GPU model only
+    # places the Triton pods.
+    identity = _job_identity(chart, {})
+    assert _job_identity(chart, {"triton": {"tensorrt": {"version": "10.6.0", "precision": "fp32"},
+                                            "trtCache": {"path": "/x"}}}) == identity
+    docs = _render(chart, {"triton": {"gpu": {"product": TRT_PRODUCT}}})
+    assert (_job(docs)["metadata"]["name"], _build_id(docs)) == identity
+    tpod = _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    assert tpod["nodeSelector"] == {"nvidia.com/gpu.product": TRT_PRODUCT}
+    # A CPU-only deployment has no GPU model to select.
+    docs = _render(chart, {"triton": {"gpu": {"enabled": False, "product": TRT_PRODUCT}}})
+    assert "nodeSelector" not in _one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+
+
+def test_graph_backend_job_scripts(chart, tmp_path):
+    """The tensorrt export step creates the timing-cache directory; the onnxruntime-trt publish step
+    creates the engine cache directory before the marker Triton waits for."""
+    import os
+    import subprocess
+
+    models = tmp_path / "models"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "segserve").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "segserve").chmod(0o755)
+
+    def run(container, build_id):
+        script, *args = container["args"]
+        env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "BUILD_ID": build_id, "KEEP_BUILDS": "3"}
+        result = subprocess.run(["/bin/sh", "-c", script.replace("/models", str(models)), *args], env=env,
+                                capture_output=True, text=True, timeout=10)
+        assert result.returncode == 0, (result.stdout, result.stderr)
+
+    models.mkdir()
+    run(_job_containers(_job(_rendered(chart, "tensorrt-values.yaml")))["export"], "t1")
+    assert (models / "trt-timing-cache").is_dir()
+
+    steps = _job_containers(_job(_rendered(chart, "onnxruntime-trt-values.yaml")))
+    (models / "builds" / ".partial-o1" / "repository").mkdir(parents=True)
+    run(steps["publish"], "o1")
+    assert (models / "trt-cache" / "NVIDIA-L4-10.5.0").is_dir()
+    assert (models / "builds" / "o1" / "complete").is_file()
+
+
+def test_graph_backend_notes(chart):
+    notes = chart.render(_variant_values("tensorrt-values.yaml"), name=RELEASE,
+                         namespace=NAMESPACE)["segserve/templates/NOTES.txt"]
+    assert f"TensorRT engines for {TRT_PRODUCT}, TensorRT 10.5.0" in notes
+    assert "Triton pods never build engines" in notes
+    notes = chart.render(_variant_values("onnxruntime-trt-values.yaml"), name=RELEASE,
+                         namespace=NAMESPACE)["segserve/templates/NOTES.txt"]
+    assert "caches them in /models/trt-cache (claim subdirectory trt-cache/NVIDIA-L4-10.5.0" in notes
 
 
 def test_repository_mode_pvc(chart):

@@ -73,14 +73,40 @@ class ArtifactRecord:
     created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
+@dataclass
+class EngineRecord:
+    """A graph's fleet backend (segserve.engines): a TensorRT engine that passed its parity gate on
+    `gpu_name`, or (`backend == "onnxruntime"`) the reason the graph stays on ONNX Runtime. Written
+    only by `segserve export --tensorrt` after a real build and parity run; `parity` holds what that
+    run measured (segserve.engines.parity), never a value typed in."""
+
+    name: str
+    backend: str  # "tensorrt" | "onnxruntime"
+    onnx_sha256: str  # the graph the engine was built from (a re-export makes the engine stale)
+    file: str = ""  # <name>.plan, relative to the manifest's directory
+    sha256: str = ""
+    tensorrt_version: str = ""
+    gpu_name: str = ""
+    compute_capability: str = ""  # "9.0"
+    precision: str = ""  # fp16 | bf16 | fp32
+    fp32_layers: list[str] = field(default_factory=list)  # layers pinned to FP32
+    profiles: list[dict[str, list[list[int]]]] = field(default_factory=list)  # name -> [min, opt, max]
+    parity: dict[str, Any] = field(default_factory=dict)
+    build: dict[str, Any] = field(default_factory=dict)  # workspace, timing cache, seconds
+    reason: str = ""  # why the graph stays on ONNX Runtime
+    created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
 class Manifest:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.path = self.directory / MANIFEST_NAME
         self.records: dict[str, ArtifactRecord] = {}
+        self.engines: dict[str, EngineRecord] = {}
         if self.path.is_file():
             data = json.loads(self.path.read_text())
             self.records = {r["name"]: ArtifactRecord(**r) for r in data.get("artifacts", [])}
+            self.engines = {e["name"]: EngineRecord(**e) for e in data.get("engines", [])}
 
     def artifact_path(self, name: str) -> Path:
         return self.directory / self.records[name].file
@@ -99,9 +125,19 @@ class Manifest:
         self.records[record.name] = record
         self.save()
 
+    def put_engine(self, record: EngineRecord) -> None:
+        self.engines[record.name] = record
+        self.save()
+
+    def drop_engine(self, name: str) -> None:
+        if self.engines.pop(name, None) is not None:
+            self.save()
+
     def save(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         payload = {"format": 1, "artifacts": [asdict(r) for r in sorted(self.records.values(), key=lambda r: r.name)]}
+        if self.engines:
+            payload["engines"] = [asdict(e) for e in sorted(self.engines.values(), key=lambda e: e.name)]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
         os.replace(tmp, self.path)

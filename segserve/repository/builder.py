@@ -9,18 +9,38 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from segserve.engines.policy import KEEP_ON_ONNXRUNTIME
+from segserve.engines.profiles import Limits, envelope, profiles_for, shapes_string
 from segserve.export.manifest import Manifest
 from segserve.triton_models.runtime_check import runtime_digest
 
 from .description import FAMILY_MODELS, ModelSpec, Tensor
 
 TARGETS = ("embedded", "fleet")
+# How the fleet runs its graphs: Triton's onnxruntime backend (CUDA), the same with its TensorRT
+# accelerator (engines built at load, cached on a volume), or prebuilt TensorRT plans. The graphs of
+# `KEEP_ON_ONNXRUNTIME` stay on the onnxruntime backend's CUDA provider in both TensorRT modes.
+GRAPH_BACKENDS = ("onnxruntime", "onnxruntime-trt", "tensorrt")
+# The TensorRT accelerator parameters Triton's onnxruntime backend documents (README of r24.10,
+# Triton 2.51 = NGC 24.10); it refuses any other key at load.
+ORT_TRT_PARAMETERS = frozenset({
+    "precision_mode", "max_workspace_size_bytes", "int8_calibration_table_name", "int8_use_native_calibration_table",
+    "trt_max_partition_iterations", "trt_min_subgraph_size", "trt_dla_enable", "trt_dla_core",
+    "trt_engine_cache_enable", "trt_engine_cache_path", "trt_engine_cache_prefix", "trt_dump_subgraphs",
+    "trt_force_sequential_engine_build", "trt_context_memory_sharing_enable", "trt_layer_norm_fp32_fallback",
+    "trt_timing_cache_enable", "trt_timing_cache_path", "trt_force_timing_cache", "trt_detailed_build_log",
+    "trt_build_heuristics_enable", "trt_sparsity_enable", "trt_builder_optimization_level", "trt_auxiliary_streams",
+    "trt_tactic_sources", "trt_extra_plugin_lib_paths", "trt_profile_min_shapes", "trt_profile_max_shapes",
+    "trt_profile_opt_shapes", "trt_cuda_graph_enable", "trt_dump_ep_context_model", "trt_ep_context_file_path",
+    "trt_ep_context_embed_mode",
+})
 _NUMPY_TO_TRITON = {"float32": "FP32", "float16": "FP16", "int32": "INT32", "int64": "INT64", "bool": "BOOL",
                     "uint8": "UINT8", "object": "STRING"}
 
@@ -59,15 +79,58 @@ def _render_ensemble(spec: ModelSpec) -> mc.ModelConfig:
     return config
 
 
-def render_config(spec: ModelSpec, target: str, graph_backend: str = "onnxruntime") -> mc.ModelConfig:
+@dataclass
+class TrtRender:
+    """`--graph-backend onnxruntime-trt`: what the TensorRT accelerator of each graph gets."""
+
+    precision: str = "FP16"  # precision_mode: FP16 or FP32
+    cache_path: str = "/models/trt-cache"  # engine and timing caches in <cache_path>/<model>, on a volume
+    workspace_bytes: int = 4 << 30
+    limits: Limits | None = None  # the profiles' bounds (`segserve.engines.profiles.Limits`)
+
+    @classmethod
+    def from_options(cls, options: dict | None) -> "TrtRender":
+        """From build options `trt_precision`, `trt_cache_path`, `trt_workspace_bytes`; the profiles'
+        limits see the same options as the repository description (e.g. `max_video_objects`)."""
+        options = options or {}
+        return cls(precision=str(options.get("trt_precision", cls.precision)).upper(),
+                   cache_path=str(options.get("trt_cache_path", cls.cache_path)).rstrip("/") or "/",
+                   workspace_bytes=int(options.get("trt_workspace_bytes", cls.workspace_bytes)),
+                   limits=Limits(options=dict(options)))
+
+    def accelerator_parameters(self, spec: ModelSpec, manifest: Manifest) -> dict[str, str]:
+        if self.precision not in ("FP16", "FP32"):
+            raise RepositoryError(f"TensorRT precision {self.precision!r}: choose FP16 or FP32")
+        # One profile: the accelerator runs every request on profile 0 (`profiles.envelope`).
+        profile = [envelope(profiles_for(manifest, spec.graph, self.limits))]
+        cache = f"{self.cache_path.rstrip('/')}/{spec.name}"
+        params = {"precision_mode": self.precision, "max_workspace_size_bytes": str(int(self.workspace_bytes)),
+                  "trt_engine_cache_enable": "1", "trt_engine_cache_path": cache,
+                  "trt_timing_cache_enable": "1", "trt_timing_cache_path": cache,
+                  "trt_profile_min_shapes": shapes_string(profile, 0),
+                  "trt_profile_opt_shapes": shapes_string(profile, 1),
+                  "trt_profile_max_shapes": shapes_string(profile, 2)}
+        if self.precision == "FP16":
+            params["trt_layer_norm_fp32_fallback"] = "1"
+        return params
+
+
+def render_config(spec: ModelSpec, target: str, graph_backend: str = "onnxruntime", manifest: Manifest | None = None,
+                  trt: TrtRender | None = None) -> mc.ModelConfig:
+    """`manifest` (and `trt`, default `TrtRender()`) are needed for fleet graphs with onnxruntime-trt."""
+    if graph_backend not in GRAPH_BACKENDS:
+        raise RepositoryError(f"unknown graph backend {graph_backend!r}; choose one of {GRAPH_BACKENDS}")
     if spec.ensemble:
         return _render_ensemble(spec)
     config = mc.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
     if spec.graph and target == "fleet":
-        if graph_backend == "tensorrt":
-            config.platform = "tensorrt_plan"
-        else:
-            config.platform = "onnxruntime_onnx"
+        on_trt = graph_backend != "onnxruntime" and spec.graph not in KEEP_ON_ONNXRUNTIME
+        config.platform = "tensorrt_plan" if on_trt and graph_backend == "tensorrt" else "onnxruntime_onnx"
+        if on_trt and graph_backend == "onnxruntime-trt":
+            if manifest is None:
+                raise RepositoryError(f"{spec.name}: onnxruntime-trt needs the manifest for its profiles")
+            accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+            accelerator.parameters.update((trt or TrtRender()).accelerator_parameters(spec, manifest))
         kind = mc.ModelInstanceGroup.KIND_GPU
     else:
         config.backend = "python"
@@ -165,8 +228,13 @@ def model_specs(manifest: Manifest, session_ttl_s: float = 600.0, max_sessions: 
     return specs
 
 
-def model_info(manifest: Manifest) -> str:
-    """What every response's model info reports: checkpoint, weights kind, artifact hashes."""
+def model_info(manifest: Manifest, engines: bool = False) -> str:
+    """What every response's model info reports: checkpoint, weights kind, artifact hashes, and with
+    `engines` (a TensorRT repository) each graph's engine as built and whether its parity gate ran
+    on a GPU (`provenance.engine_summary`: never claimed otherwise)."""
+    from segserve.engines.provenance import engine_summary
+
+    summary = engine_summary(manifest) if engines else {}
     info = {}
     for record in manifest.records.values():
         info[record.name] = {
@@ -178,6 +246,8 @@ def model_info(manifest: Manifest) -> str:
             "opset": record.opset,
             "parity_max_abs_error": record.parity.get("max_abs_error"),
         }
+        if record.name in summary:
+            info[record.name]["engine"] = summary[record.name]
     return json.dumps(info, sort_keys=True)
 
 
@@ -191,15 +261,18 @@ def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph
     the embedded target (default: all cores), e.g. for benchmarks on a shared machine."""
     if target not in TARGETS:
         raise RepositoryError(f"unknown target {target!r}; choose one of {TARGETS}")
+    if graph_backend not in GRAPH_BACKENDS:
+        raise RepositoryError(f"unknown graph backend {graph_backend!r}; choose one of {GRAPH_BACKENDS}")
     manifest = Manifest(Path(artifacts))
     # `options`: family-specific settings, e.g. the video tracker's caps (`max_video_sessions`,
     # `max_video_objects`, `max_video_frames`, `max_video_frame_bytes` / `max_video_memory_bytes` per
     # session, `max_video_total_bytes` for all sessions of an instance: description.VIDEO_*_BYTES).
     # Session models get Triton's idle limit a margin above their TTL (`description.sequence_idle_s`).
     specs = model_specs(manifest, session_ttl_s, max_sessions, {**(options or {}), "batching": batching})
+    trt = TrtRender.from_options({**(options or {}), "batching": batching})  # onnxruntime-trt
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    info = model_info(manifest)
+    info = model_info(manifest, engines=target == "fleet" and graph_backend == "tensorrt")
     digest = runtime_digest()
     for spec in specs:
         model_dir = out / spec.name
@@ -214,20 +287,29 @@ def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph
                 spec.parameters["runner"] = session_runner
             if session_runner == "bls" and "graphs" in spec.parameters:
                 spec.parameters["graphs"] = "bls"  # the tracker calls the graph models, as in the fleet
-        config = render_config(spec, target, graph_backend)
+        config = render_config(spec, target, graph_backend, manifest, trt)
         (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
         if spec.ensemble:
             continue  # an ensemble has only its (empty) version folder
         if spec.graph:
             artifact = manifest.artifact_path(spec.graph)
-            if target == "fleet" and graph_backend == "tensorrt":
-                plan = artifact.with_suffix(".plan")
-                if not plan.is_file():
-                    raise RepositoryError(
-                        f"{plan} missing: segserve does not build TensorRT engines yet; build {plan.name} from "
-                        f"{artifact.name} on the target GPU with the TensorRT of the Triton image (for example "
-                        f"`trtexec --onnx={artifact.name} --saveEngine={plan.name}`), or use --graph-backend onnxruntime")
+            if config.platform == "tensorrt_plan":  # not the KEEP_ON_ONNXRUNTIME graphs
+                # A parity-gated engine built with the image's TensorRT for the target GPU (options
+                # `target_gpu`, `target_compute_capability`; else this machine's GPU): engines.provenance.
+                from dataclasses import asdict
+
+                from segserve.engines.provenance import EngineRefused, fleet_graph_file
+                from segserve.runtime.fleet_image import release
+
+                try:
+                    plan = fleet_graph_file(manifest, spec.graph, release().tensorrt,
+                                            gpu_name=(options or {}).get("target_gpu"),
+                                            compute_capability=(options or {}).get("target_compute_capability"))
+                except EngineRefused as exc:
+                    raise RepositoryError(f"TensorRT engine refused: {exc}") from exc
                 _link_or_copy(plan, version_dir / "model.plan")
+                (model_dir / "engine.json").write_text(
+                    json.dumps(asdict(manifest.engines[spec.graph]), indent=2, sort_keys=True))
             else:
                 _link_or_copy(artifact, version_dir / "model.onnx")
             if target == "embedded":
@@ -246,6 +328,17 @@ def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph
          "segserve_runtime": digest}, indent=2))
     validate_repository(out)
     return [s.name for s in specs]
+
+
+def _check_accelerators(name: str, config: mc.ModelConfig) -> None:
+    """What the onnxruntime backend accepts at load: known accelerators, documented TensorRT keys."""
+    for accelerator in config.optimization.execution_accelerators.gpu_execution_accelerator:
+        if accelerator.name not in ("tensorrt", "cuda"):
+            raise RepositoryError(f"{name}: unknown GPU execution accelerator {accelerator.name!r}")
+        unknown = sorted(set(accelerator.parameters) - ORT_TRT_PARAMETERS) if accelerator.name == "tensorrt" else []
+        if unknown:
+            raise RepositoryError(f"{name}: TensorRT accelerator parameters {unknown} are not the onnxruntime "
+                                  "backend's")
 
 
 def _onnx_signature(path: Path) -> dict[str, int]:
@@ -269,6 +362,7 @@ def validate_repository(root: Path) -> dict[str, mc.ModelConfig]:
             onnx_path = version_dir / "model.onnx"
             if not onnx_path.is_file():
                 raise RepositoryError(f"{name}: {onnx_path} missing")
+            _check_accelerators(name, config)
             signature = _onnx_signature(onnx_path)
             for tensor in [*config.input, *config.output]:
                 if tensor.name not in signature:
@@ -277,8 +371,17 @@ def validate_repository(root: Path) -> dict[str, mc.ModelConfig]:
                 if f"TYPE_{_NUMPY_TO_TRITON[numpy_type]}" != mc.DataType.Name(tensor.data_type):
                     raise RepositoryError(f"{name}: {tensor.name} is {numpy_type} in the graph")
         elif config.platform == "tensorrt_plan":
-            if not (version_dir / "model.plan").is_file():
+            plan = version_dir / "model.plan"
+            if not plan.is_file():
                 raise RepositoryError(f"{name}: model.plan missing")
+            # The engine's provenance: build-repo copies its manifest record next to the config.
+            record_path = root / name / "engine.json"
+            if not record_path.is_file():
+                raise RepositoryError(f"{name}: engine.json missing: build the repository with `segserve build-repo`")
+            from segserve.export.manifest import sha256_file
+
+            if json.loads(record_path.read_text()).get("sha256") != sha256_file(plan):
+                raise RepositoryError(f"{name}: model.plan does not hash to the sha256 in engine.json")
         elif config.backend == "python":
             if not (version_dir / "model.py").is_file():
                 raise RepositoryError(f"{name}: model.py missing")

@@ -33,10 +33,14 @@ class NgcRelease:
     triton: str  # tritonserver version in the image
     python: str  # the image's python3
     onnxruntime: str  # ONNX Runtime of its onnxruntime backend (what the CPU stand-ins run)
+    # TensorRT of its tensorrt backend: an engine loads only in the TensorRT that built it, so
+    # `segserve export --tensorrt` must run this version (pyproject's `gpu` extra pins it).
+    tensorrt: str = ""
 
 
-# From NVIDIA's Triton release notes (support matrix).
-NGC_RELEASES = {"24.10": NgcRelease(triton="2.51.0", python="3.10", onnxruntime="1.19.2")}
+# From NVIDIA's Triton release notes (support matrix). TensorRT is the plain `-py3` image's; the
+# `-trtllm-python-py3` variant of the same tag ships another (10.4.0 for 24.10).
+NGC_RELEASES = {"24.10": NgcRelease(triton="2.51.0", python="3.10", onnxruntime="1.19.2", tensorrt="10.5.0")}
 
 
 class FleetEnvironmentError(RuntimeError):

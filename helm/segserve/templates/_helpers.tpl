@@ -196,9 +196,113 @@ arguments, environment). It names the build directory /models/builds/<buildId> o
 pinned in the Triton pod template, so new inputs roll Triton onto the new build once it is complete.
 */}}
 {{- define "segserve.repositoryJob.buildId" -}}
-{{- $job := .Values.triton.modelRepository.job }}
+{{- $triton := .Values.triton }}
+{{- $job := $triton.modelRepository.job }}
 {{- $inputs := dict "layout" 1 "image" (include "segserve.repositoryJob.image" .) "families" $job.families "target" $job.target "checkpoints" $job.checkpoints "expectSha256" $job.expectSha256 "exportArgs" $job.exportArgs "buildRepoArgs" $job.buildRepoArgs "env" $job.env "envFrom" $job.envFrom }}
+{{- /* Added only off the default backend, so that onnxruntime builds keep their ids. */}}
+{{- if eq $triton.graphBackend "tensorrt" }}
+{{- $_ := set $inputs "graphBackend" (dict "backend" "tensorrt" "gpu" $triton.gpu.product "tensorrt" $triton.tensorrt) }}
+{{- else if eq $triton.graphBackend "onnxruntime-trt" }}
+{{- $cache := dict "backend" "onnxruntime-trt" "path" $triton.trtCache.path }}
+{{- if eq $triton.trtCache.volume "claim" }}
+{{- /* The Job creates the cache directory before the marker that Triton waits for. */}}
+{{- $_ := set $cache "claimDir" (include "segserve.trt.key" .) }}
+{{- end }}
+{{- $_ := set $inputs "graphBackend" $cache }}
+{{- end }}
 {{- toJson $inputs | sha256sum | trunc 16 }}
+{{- end }}
+
+{{/*
+TensorRT: engines are valid for one GPU model and one TensorRT version; this key names what is
+kept for them (timing cache, engine cache, artifacts).
+*/}}
+{{- define "segserve.trt.key" -}}
+{{- printf "%s-%s" .Values.triton.gpu.product .Values.triton.tensorrt.version }}
+{{- end }}
+
+{{/*
+Directory of `segserve export --out`: in tensorrt mode one per GPU model, TensorRT version and
+precision, so that engines built for other GPUs are never picked up from the export cache.
+*/}}
+{{- define "segserve.repositoryJob.artifacts" -}}
+{{- if eq .Values.triton.graphBackend "tensorrt" }}
+{{- printf "/models/artifacts-tensorrt/%s-%s" (include "segserve.trt.key" .) .Values.triton.tensorrt.precision }}
+{{- else }}
+{{- print "/models/artifacts" }}
+{{- end }}
+{{- end }}
+
+{{/*
+`segserve build-repo` arguments of the graph backend (none for the default).
+*/}}
+{{- define "segserve.graphBackendArgs" -}}
+{{- $triton := .Values.triton }}
+{{- if eq $triton.graphBackend "tensorrt" }}
+- --graph-backend
+- tensorrt
+- --target-gpu
+- {{ $triton.gpu.product | quote }}
+{{- else if eq $triton.graphBackend "onnxruntime-trt" }}
+- --graph-backend
+- onnxruntime-trt
+- --trt-cache-path
+- {{ $triton.trtCache.path | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Triton's nodeSelector: its own, plus the GPU model when one is set.
+*/}}
+{{- define "segserve.triton.nodeSelector" -}}
+{{- $triton := .Values.triton }}
+{{- $sel := deepCopy $triton.nodeSelector }}
+{{- if and $triton.gpu.enabled $triton.gpu.product }}
+{{- $_ := set $sel "nvidia.com/gpu.product" $triton.gpu.product }}
+{{- end }}
+{{- with $sel }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Render-time checks of the graph backend.
+*/}}
+{{- define "segserve.validateGraphBackend" -}}
+{{- $triton := .Values.triton }}
+{{- $mode := $triton.modelRepository.mode }}
+{{- $backend := $triton.graphBackend }}
+{{- if and (ne $backend "onnxruntime") (not $triton.gpu.enabled) }}
+{{- fail (printf "triton.graphBackend %s needs a GPU: set triton.gpu.enabled=true or graphBackend onnxruntime" $backend) }}
+{{- end }}
+{{- if eq $backend "tensorrt" }}
+{{- if not $triton.gpu.product }}
+{{- fail "triton.gpu.product is required when triton.graphBackend is tensorrt: engines only load on the GPU model that built them. Set it to the nodes' nvidia.com/gpu.product label, e.g. NVIDIA-H100-80GB-HBM3" }}
+{{- end }}
+{{- if eq $mode "initExport" }}
+{{- fail "triton.graphBackend tensorrt is built once by the repository Job (modelRepository.mode job); initExport would build engines in every Triton pod" }}
+{{- end }}
+{{- if and (eq $mode "job") (not $triton.modelRepository.job.image.repository) }}
+{{- fail "triton.modelRepository.job.image.repository is required when triton.graphBackend is tensorrt: the orchestrator image has no CUDA or TensorRT; use an image with segserve[gpu] (TensorRT = triton.tensorrt.version)" }}
+{{- end }}
+{{- end }}
+{{- if eq $backend "onnxruntime-trt" }}
+{{- if and (eq $triton.trtCache.volume "claim") (ne $mode "job") }}
+{{- fail "triton.trtCache.volume claim uses the repository claim of modelRepository.mode job; in other modes set triton.trtCache.volume=emptyDir" }}
+{{- end }}
+{{- if and (eq $triton.trtCache.volume "claim") (not $triton.gpu.product) }}
+{{- fail "triton.gpu.product is required when triton.trtCache.volume is claim: the shared engine cache is kept per GPU model and TensorRT version" }}
+{{- end }}
+{{- $path := trimSuffix "/" $triton.trtCache.path }}
+{{- if eq $path "/models" }}
+{{- fail "triton.trtCache.path /models would hide the repository: use its own directory, e.g. /models/trt-cache" }}
+{{- end }}
+{{- range list "/models/builds" "/models/artifacts" "/models/artifacts-tensorrt" "/models/trt-timing-cache" "/models/current" "/tmp" "/dev/shm" }}
+{{- if or (eq $path .) (hasPrefix (printf "%s/" .) $path) }}
+{{- fail (printf "triton.trtCache.path %s would hide or sit inside %s: use its own directory, e.g. /models/trt-cache" $path .) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "segserve.repositoryJob.claimName" -}}

@@ -8,7 +8,16 @@ build is already complete, so a rerun with the same inputs costs seconds.
 {{- $job := $triton.modelRepository.job }}
 {{- $buildId := include "segserve.repositoryJob.buildId" . }}
 {{- $image := include "segserve.repositoryJob.image" . }}
-{{- $mount := trimSuffix "/" $job.checkpoints.mountPath -}}
+{{- $mount := trimSuffix "/" $job.checkpoints.mountPath }}
+{{- $tensorrt := eq $triton.graphBackend "tensorrt" }}
+{{- $artifacts := include "segserve.repositoryJob.artifacts" . }}
+{{- /* tensorrt: export (engine build) and build-repo (engine checks) get one GPU. */}}
+{{- $gpuResources := deepCopy $job.resources }}
+{{- if $tensorrt }}
+{{- $limits := get $gpuResources "limits" | default dict }}
+{{- $_ := set $limits $triton.gpu.resourceName 1 }}
+{{- $_ := set $gpuResources "limits" $limits }}
+{{- end -}}
 metadata:
   labels:
     {{- include "segserve.selectorLabels" . | nindent 4 }}
@@ -26,6 +35,9 @@ spec:
     {{- toYaml . | nindent 4 }}
   {{- end }}
   restartPolicy: Never
+  {{- if and $tensorrt $triton.runtimeClassName }}
+  runtimeClassName: {{ $triton.runtimeClassName }}
+  {{- end }}
   # Triton's ids: the files it writes are Triton's to read.
   securityContext:
     {{- include "segserve.podSecurityContext" (dict "ctx" $triton.securityContext) | nindent 4 }}
@@ -40,12 +52,15 @@ spec:
           if [ -f "/models/builds/$BUILD_ID/complete" ]; then
             echo "model repository build $BUILD_ID is already complete: nothing to export"; exit 0
           fi
+          {{- if $tensorrt }}
+          mkdir -p /models/trt-timing-cache
+          {{- end }}
           exec segserve export "$@"
         - export
         - --families
         - {{ join "," $job.families | quote }}
         - --out
-        - /models/artifacts
+        - {{ $artifacts }}
         {{- range $family, $path := $job.checkpoints.paths }}
         - --checkpoint
         - {{ printf "%s=%s/%s" $family $mount (trimAll "/" $path) | quote }}
@@ -53,6 +68,15 @@ spec:
         {{- range $family, $sha := $job.expectSha256 }}
         - --expect-sha256
         - {{ printf "%s=%s" $family $sha | quote }}
+        {{- end }}
+        {{- if $tensorrt }}
+        - --tensorrt
+        - --trt-precision
+        - {{ $triton.tensorrt.precision | quote }}
+        - --trt-workspace-gib
+        - {{ $triton.tensorrt.workspaceGiB | quote }}
+        - --trt-timing-cache
+        - {{ printf "/models/trt-timing-cache/%s.cache" (include "segserve.trt.key" .) | quote }}
         {{- end }}
         {{- range $job.exportArgs }}
         - {{ . | quote }}
@@ -64,7 +88,7 @@ spec:
         {{- toYaml . | nindent 8 }}
       {{- end }}
       resources:
-        {{- toYaml $job.resources | nindent 8 }}
+        {{- toYaml $gpuResources | nindent 8 }}
       securityContext:
         {{- include "segserve.containerSecurityContext" (dict "ctx" $triton.securityContext) | nindent 8 }}
       volumeMounts:
@@ -95,9 +119,12 @@ spec:
         - --target
         - {{ $job.target | quote }}
         - --artifacts
-        - /models/artifacts
+        - {{ $artifacts }}
         - --out
         - /models/builds/.partial-{{ $buildId }}/repository
+        {{- with include "segserve.graphBackendArgs" . | trim }}
+        {{- . | nindent 8 }}
+        {{- end }}
         {{- range $job.buildRepoArgs }}
         - {{ . | quote }}
         {{- end }}
@@ -108,7 +135,7 @@ spec:
         {{- toYaml . | nindent 8 }}
       {{- end }}
       resources:
-        {{- toYaml $job.resources | nindent 8 }}
+        {{- toYaml $gpuResources | nindent 8 }}
       securityContext:
         {{- include "segserve.containerSecurityContext" (dict "ctx" $triton.securityContext) | nindent 8 }}
       volumeMounts:
@@ -125,6 +152,14 @@ spec:
       args:
         - |
           set -eu
+          {{- if eq $triton.graphBackend "onnxruntime-trt" }}
+          {{- if eq $triton.trtCache.volume "claim" }}
+          mkdir -p {{ printf "/models/trt-cache/%s" (include "segserve.trt.key" .) | quote }}
+          {{- end }}
+          {{- if hasPrefix "/models/" $triton.trtCache.path }}
+          mkdir -p {{ $triton.trtCache.path | quote }}  # mount point of Triton's engine cache
+          {{- end }}
+          {{- end }}
           cd /models/builds
           if [ ! -f "$BUILD_ID/complete" ]; then
             date -u +%Y-%m-%dT%H:%M:%SZ > ".partial-$BUILD_ID/complete"
@@ -173,15 +208,24 @@ spec:
         claimName: {{ $job.checkpoints.claimName }}
         readOnly: true
     {{- end }}
-  {{- with $job.nodeSelector }}
+  {{- $nodeSelector := $job.nodeSelector }}
+  {{- $tolerations := $job.tolerations }}
+  {{- $affinity := $job.affinity }}
+  {{- if $tensorrt }}
+  {{- /* The GPU pool, and the GPU model the engines are for. */}}
+  {{- $nodeSelector = merge (fromYaml (include "segserve.triton.nodeSelector" .)) (deepCopy $job.nodeSelector) }}
+  {{- $tolerations = concat $triton.tolerations $job.tolerations | uniq }}
+  {{- $affinity = $job.affinity | default $triton.affinity }}
+  {{- end }}
+  {{- with $nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with $job.tolerations }}
+  {{- with $tolerations }}
   tolerations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with $job.affinity }}
+  {{- with $affinity }}
   affinity:
     {{- toYaml . | nindent 4 }}
   {{- end }}

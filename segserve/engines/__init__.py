@@ -1,0 +1,1 @@
+"""TensorRT engines for the exported graphs: optimization profiles, the ONNX Runtime policy."""
