@@ -36,6 +36,26 @@ def sam2_artifacts(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def all_family_artifacts(sam2_artifacts, tmp_path_factory) -> Path:
+    """Every family, tiny random weights, in one folder (SAM 2 linked from the session's export);
+    shared by the fleet suites. Tests that edit it work on a linked copy and replace, never write
+    through, a linked file."""
+    import os
+    import shutil
+
+    from segserve.export.grounding_dino import export_grounding_dino
+    from segserve.export.mask2former import export_mask2former
+    from segserve.export.sam2_video import export_sam2_video
+
+    out = tmp_path_factory.mktemp("all_families") / "artifacts"
+    shutil.copytree(sam2_artifacts, out, copy_function=os.link)
+    export_sam2_video(None, out)
+    export_grounding_dino(None, out)
+    export_mask2former(None, out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def sam2_torch_model(sam2_artifacts):
     from transformers import Sam2Model
 

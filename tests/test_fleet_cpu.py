@@ -114,18 +114,8 @@ def fleet_workspace(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fleet_artifacts(sam2_artifacts, fleet_workspace) -> Path:
-    """Every family, tiny random weights, in one folder (SAM 2 linked from the session's export)."""
-    from segserve.export.grounding_dino import export_grounding_dino
-    from segserve.export.mask2former import export_mask2former
-    from segserve.export.sam2_video import export_sam2_video
-
-    out = fleet_workspace / "artifacts"
-    shutil.copytree(sam2_artifacts, out, copy_function=os.link)
-    export_sam2_video(None, out)
-    export_grounding_dino(None, out)
-    export_mask2former(None, out)
-    return out
+def fleet_artifacts(all_family_artifacts) -> Path:
+    return all_family_artifacts
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ builder's tests; here `tensorrt` is rendered with `render_config` directly.
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -24,18 +23,8 @@ from segserve.repository.builder import (ORT_TRT_PARAMETERS, RepositoryError, Tr
 
 
 @pytest.fixture(scope="module")
-def all_families(sam2_artifacts, tmp_path_factory) -> Path:
-    """Every family, tiny random weights, in one folder (SAM 2 linked from the session's export)."""
-    from segserve.export.grounding_dino import export_grounding_dino
-    from segserve.export.mask2former import export_mask2former
-    from segserve.export.sam2_video import export_sam2_video
-
-    out = tmp_path_factory.mktemp("trt") / "artifacts"
-    shutil.copytree(sam2_artifacts, out, copy_function=os.link)
-    export_sam2_video(None, out)
-    export_grounding_dino(None, out)
-    export_mask2former(None, out)
-    return out
+def all_families(all_family_artifacts) -> Path:
+    return all_family_artifacts
 
 
 @pytest.fixture(scope="module")
