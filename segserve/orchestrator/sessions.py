@@ -139,19 +139,32 @@ class ImageSessions:
 
     # ---- opening -------------------------------------------------------------------------------
     def _open(self, image: np.ndarray, implicit: bool, scope: CallScope) -> ImageSession:
-        replica = self.pool.place(IMAGE)
-        sequence_id = secrets.randbelow(2**63 - 1) + 1
-        generation = replica.generation
-        start = time.perf_counter()
-        try:
-            height, width = replica.open_session(sequence_id, image, scope)
-            STAGE_LATENCY.labels(stage="encode").observe(time.perf_counter() - start)
-        except BaseException:
-            self.pool.release(replica, IMAGE)
-            # Triton keeps a sequence slot after a failed START until its idle timeout: free it now.
-            with contextlib.suppress(ServiceError):
-                replica.close_session(sequence_id)
-            raise
+        refused: tuple[Replica, ...] = ()
+        while True:
+            try:
+                replica = self.pool.place(IMAGE, exclude=refused)
+            except ServiceError as exc:
+                if refused and exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise exhausted("image", f"every Triton replica with room by this orchestrator's count refused "
+                                             f"the session as full ({len(refused)} tried): close some") from exc
+                raise
+            sequence_id = secrets.randbelow(2**63 - 1) + 1
+            generation = replica.generation
+            start = time.perf_counter()
+            try:
+                height, width = replica.open_session(sequence_id, image, scope)
+                STAGE_LATENCY.labels(stage="encode").observe(time.perf_counter() - start)
+                break
+            except BaseException as exc:
+                self.pool.release(replica, IMAGE)
+                # Triton keeps a sequence slot after a failed START until its idle timeout: free it now.
+                with contextlib.suppress(ServiceError):
+                    replica.close_session(sequence_id)
+                # Full by the model's own count (other orchestrators' sessions): try another replica.
+                if isinstance(exc, ServiceError) and exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    refused += (replica,)
+                    continue
+                raise
         # The size signed into the id is the one Triton reports for the sequence.
         image_id = self.signer.sign(SessionRef("image", replica.url, sequence_id, height, width))
         return ImageSession(image_id, sequence_id, replica, height, width, implicit, generation)

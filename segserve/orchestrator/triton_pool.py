@@ -235,7 +235,9 @@ class TritonPool:
         if settings.triton_headless:
             self.refresh(force=True)
         else:
-            self._replicas[settings.triton_url] = Replica(settings.triton_url, settings.triton_timeout_s)
+            # A fixed list of replicas: "host:port[,host:port...]".
+            for url in [u.strip() for u in settings.triton_url.split(",") if u.strip()]:
+                self._replicas[url] = Replica(url, settings.triton_timeout_s)
 
     # ---- discovery -----------------------------------------------------------------------------
     def _resolve(self) -> list[str] | None:
@@ -302,13 +304,16 @@ class TritonPool:
             return next(iter(self._replicas.values()))
 
     # ---- placement -----------------------------------------------------------------------------
-    def place(self, kind: str) -> Replica:
+    def place(self, kind: str, exclude: tuple[Replica, ...] = ()) -> Replica:
         """A replica with room for one more session of `kind`, the least filled, claimed: the caller
         releases it when the session ends (or fails to open). RESOURCE_EXHAUSTED only when every
-        replica is full."""
+        replica is full. `exclude`: replicas whose model refused this session's START as full (its
+        other sessions were placed by other orchestrators, which this one does not count)."""
         self.refresh()
         capacity, failure, failures = {}, None, 0
         for replica in self.replicas():  # config reads (cached) outside the lock
+            if replica in exclude:
+                continue
             try:
                 capacity[replica] = replica.capacity(kind)
             except ServiceError as exc:

@@ -134,14 +134,36 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
     @unary
     def StartVideoSession(self, request_iterator, context):
         self.params()  # UNIMPLEMENTED before anything is placed when there is no tracker
-        session = self.sessions.open()
-        with session.lock:
+        messages = iter(request_iterator)
+        first = next((m for m in messages if m.frames), None)
+        if first is None:
+            raise invalid("frames", "send at least one frame")
+        frames = decode_frames(first, 0, None, self.settings)
+        refused: tuple = ()
+        while True:
             try:
-                self._receive_frames(session, request_iterator, started=False)
-            except BaseException:
-                self.sessions.abandon(session)
+                session = self.sessions.open(exclude=refused)
+            except ServiceError as exc:
+                if refused and exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise exhausted("session", f"every Triton replica with room by this orchestrator's count "
+                                               f"refused the session as full ({len(refused)} tried): end some") from exc
                 raise
-            return self._info(session)
+            with session.lock:
+                try:
+                    Tracker(session.replica).frames(session, frames, start=True)
+                except BaseException as exc:
+                    self.sessions.abandon(session)
+                    # Full by the tracker's own count (sessions of other orchestrators): another replica.
+                    if isinstance(exc, ServiceError) and exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        refused += (session.replica,)
+                        continue
+                    raise
+                try:
+                    self._receive_frames(session, messages, started=True)
+                except BaseException:
+                    self.sessions.abandon(session)
+                    raise
+                return self._info(session)
 
     @unary
     def AddFrames(self, request_iterator, context):

@@ -138,13 +138,14 @@ class VideoSessions:
         return ref
 
     # ---- lifecycle -----------------------------------------------------------------------------
-    def open(self) -> VideoSession:
-        """A new session on a replica with room, reserved (registered) until `abandon` or END."""
+    def open(self, exclude: tuple[Replica, ...] = ()) -> VideoSession:
+        """A new session on a replica with room (none of `exclude`), reserved (registered) until
+        `abandon` or END."""
         ttl_s = self._ttl_s()
         with self._lock:
             self._expire_locked(ttl_s)
         self._end_dropped()
-        replica = self.pool.place(VIDEO)
+        replica = self.pool.place(VIDEO, exclude=exclude)
         sequence_id = secrets.randbelow(2**63 - 1) + 1
         session_id = self.signer.sign(SessionRef("video", replica.url, sequence_id, 0, 0))
         session = VideoSession(session_id, sequence_id, replica, replica.generation)
