@@ -1,0 +1,152 @@
+"""One way for every in-process Python model to run an exported graph: ONNX Runtime or OpenVINO.
+
+`open_graph(path, runtime, precision, threads, cache_dir)` returns a `GraphRunner`: `input_names`,
+`output_names`, and `run(feeds, outputs=None) -> {name: array}` (arrays the caller owns: never views
+of a buffer the next run reuses). Used in the embedded target by the graph models
+(`onnx_model.py`), the image session's in-process runner and the video tracker.
+
+- `onnxruntime`: fp32 only (its CPU provider has no AMX bf16 path, microsoft/onnxruntime#19937).
+- `openvino`: fp32, or bf16 (`INFERENCE_PRECISION_HINT`) where the CPU has native bf16 (AMX or
+  AVX512-BF16); elsewhere a bf16 request runs fp32 with a warning rather than emulated and slow.
+  Compiled models are cached in `cache_dir` (OpenVINO's CACHE_DIR), so a restarted Triton does not
+  recompile. OpenVINO renames ONNX outputs, so outputs are matched through `get_names()`.
+- `auto` (`resolve`): OpenVINO bf16 where the CPU has native bf16, ONNX Runtime fp32 elsewhere.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+RUNTIMES = ("onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16")
+log = logging.getLogger("segserve.graph_runner")
+
+
+class GraphRunner(Protocol):
+    runtime: str
+    precision: str
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]: ...
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
+    flags = cpu_flags() if flags is None else flags
+    return bool({"amx_bf16", "avx512_bf16"} & flags)
+
+
+def resolve(runtime: str = "auto", precision: str | None = None, flags: set[str] | None = None) -> tuple[str, str]:
+    """(runtime, precision) to use. Unknown names raise ValueError naming the choices; bf16 on a CPU
+    without native bf16 becomes fp32 with a warning."""
+    if runtime not in ("auto", *RUNTIMES):
+        raise ValueError(f"unknown CPU runtime {runtime!r}: choose auto, {', '.join(RUNTIMES)}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
+    native = cpu_has_native_bf16(flags)
+    if runtime == "auto":
+        runtime = "openvino" if native else "onnxruntime"
+        precision = precision or ("bf16" if native else "fp32")
+    precision = precision or "fp32"
+    if precision == "bf16" and runtime == "onnxruntime":
+        raise ValueError("bf16 needs --cpu-runtime openvino (ONNX Runtime's CPU provider has no bf16 path)")
+    if precision == "bf16" and not native:
+        log.warning("this CPU has no native bf16 (AMX or AVX512-BF16): running fp32 instead of slow emulated bf16")
+        precision = "fp32"
+    return runtime, precision
+
+
+class OrtRunner:
+    runtime = "onnxruntime"
+    precision = "fp32"
+
+    def __init__(self, path: Path, threads: int = 0, optimization: str | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        if optimization is not None:
+            options.graph_optimization_level = {
+                "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        names = list(outputs or self.output_names)
+        return dict(zip(names, self.session.run(names, feeds)))
+
+
+class OpenVinoRunner:
+    runtime = "openvino"
+
+    def __init__(self, path: Path, precision: str = "fp32", threads: int = 0, streams: int = 1,
+                 cache_dir: Path | None = None):
+        import openvino as ov
+
+        core = ov.Core()
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": str(cache_dir)})
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": str(max(1, streams))}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        # compile_model from the path (not a read model) so that CACHE_DIR applies.
+        self.compiled = core.compile_model(str(path), "CPU", config)
+        self.precision = precision
+        self.input_names = [port.get_any_name() for port in self.compiled.inputs]
+        onnx_outputs = _onnx_output_names(path)
+        self._port_of: dict[str, int] = {}
+        for index, port in enumerate(self.compiled.outputs):
+            names = port.get_names()
+            name = next((n for n in onnx_outputs if n in names),
+                        onnx_outputs[index] if index < len(onnx_outputs) else sorted(names)[0])
+            self._port_of[name] = index
+        self.output_names = sorted(self._port_of, key=self._port_of.get)
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # one infer request: a model instance runs one request at a time
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        names = list(outputs or self.output_names)
+        with self._lock:
+            self._request.infer({n: np.ascontiguousarray(v) for n, v in feeds.items()})
+            # Copies: the request's output tensors are reused by its next run.
+            return {n: np.array(self._request.get_output_tensor(self._port_of[n]).data, copy=True) for n in names}
+
+
+def _onnx_output_names(path: Path) -> list[str]:
+    try:
+        import onnx
+    except ImportError:  # OpenVINO keeps the ONNX order; its port names then decide
+        return []
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [o.name for o in graph.output]
+
+
+def open_graph(path: Path, runtime: str = "onnxruntime", precision: str = "fp32", threads: int = 0,
+               cache_dir: Path | None = None, optimization: str | None = None, streams: int = 1) -> GraphRunner:
+    if runtime == "onnxruntime":
+        if precision != "fp32":
+            raise ValueError("ONNX Runtime runs the graphs in fp32 only")
+        return OrtRunner(Path(path), threads, optimization)
+    if runtime == "openvino":
+        return OpenVinoRunner(Path(path), precision, threads, streams, cache_dir)
+    raise ValueError(f"unknown CPU runtime {runtime!r}: choose {', '.join(RUNTIMES)}")
