@@ -140,13 +140,13 @@ class ImageSessions:
     # ---- opening -------------------------------------------------------------------------------
     def _open(self, image: np.ndarray, implicit: bool, scope: CallScope) -> ImageSession:
         refused: tuple[Replica, ...] = ()
+        last_refusal: ServiceError | None = None
         while True:
             try:
                 replica = self.pool.place(IMAGE, exclude=refused)
-            except ServiceError as exc:
-                if refused and exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    raise exhausted("image", f"every Triton replica with room by this orchestrator's count refused "
-                                             f"the session as full ({len(refused)} tried): close some") from exc
+            except ServiceError:
+                if last_refusal is not None:
+                    raise last_refusal from None  # no other replica: the model's own refusal says why
                 raise
             sequence_id = secrets.randbelow(2**63 - 1) + 1
             generation = replica.generation
@@ -162,7 +162,7 @@ class ImageSessions:
                     replica.close_session(sequence_id)
                 # Full by the model's own count (other orchestrators' sessions): try another replica.
                 if isinstance(exc, ServiceError) and exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    refused += (replica,)
+                    refused, last_refusal = refused + (replica,), exc
                     continue
                 raise
         # The size signed into the id is the one Triton reports for the sequence.

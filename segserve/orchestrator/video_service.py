@@ -140,13 +140,13 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
             raise invalid("frames", "send at least one frame")
         frames = decode_frames(first, 0, None, self.settings)
         refused: tuple = ()
+        last_refusal: ServiceError | None = None
         while True:
             try:
                 session = self.sessions.open(exclude=refused)
-            except ServiceError as exc:
-                if refused and exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    raise exhausted("session", f"every Triton replica with room by this orchestrator's count "
-                                               f"refused the session as full ({len(refused)} tried): end some") from exc
+            except ServiceError:
+                if last_refusal is not None:
+                    raise last_refusal from None  # no other replica: the tracker's own refusal says why
                 raise
             with session.lock:
                 try:
@@ -155,7 +155,7 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
                     self.sessions.abandon(session)
                     # Full by the tracker's own count (sessions of other orchestrators): another replica.
                     if isinstance(exc, ServiceError) and exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        refused += (session.replica,)
+                        refused, last_refusal = refused + (session.replica,), exc
                         continue
                     raise
                 try:
