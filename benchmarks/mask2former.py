@@ -1,22 +1,31 @@
-"""Mask2Former through segserve vs PyTorch eager + transformers post-processing; batched vs
-unbatched throughput. One run; prints JSON (and writes it to --out).
+"""Mask2Former through segserve vs PyTorch (fp32 eager and bf16 autocast) + transformers
+post-processing, side by side in one run; batched vs unbatched throughput. Prints JSON (and writes it
+to --out).
 
 Model: the swin-tiny COCO-panoptic shapes (133 labels, 47.4M parameters) with RANDOM weights,
-exported at 512 x 512 into --artifacts (cached there by checkpoint hash). Images: scikit-image's
-astronaut at 512 x 512 and upscaled to 1024 x 1536 (the graph always runs at 512; post-processing
-runs at the image size).
+exported at 512 x 512 into --artifacts (cached there by checkpoint hash); `--size tiny`: the test
+config at 384, for smoke runs. Images: scikit-image's astronaut at 512 x 512 and upscaled to
+1024 x 1536 (the graph always runs at its export size; post-processing runs at the image size).
 
-- latency: one request at a time. segserve = `Segment` RPC (orchestrator decodes the image, Triton
-  runs the `mask2former_segment` ensemble: preprocess, ONNX Runtime graph, numpy post-processing,
-  label map PNG + RLE segments back). PyTorch = decode the same bytes, `Mask2FormerImageProcessorPil`,
-  `Mask2FormerForUniversalSegmentation` forward, the processor's post_process_<task>. Median of
-  --runs after one warm-up each; ratio = PyTorch / segserve (> 1: segserve faster).
-- throughput: --clients concurrent clients, --requests each, panoptic at 512, against a repository
-  with dynamic batching (max batch 8) and one without (`build_repository(batching=False)`); Triton's
-  statistics give the graph's executions, so the mean batch size is measured, not assumed.
+- latency: one request at a time, per image and task, four sides in --runs interleaved rounds after a
+  warm-up each; medians and spreads. segserve = `Segment` RPC (orchestrator decodes the image,
+  Triton runs the `mask2former_segment` ensemble: preprocess, the graph, numpy post-processing,
+  label map PNG + RLE segments back), with the default CPU runtime choice (`cpu_runtime="auto"`:
+  OpenVINO bf16 where the CPU has native bf16; the JSON records what it resolved to) and with ONNX
+  Runtime fp32, two stacks running together. PyTorch = decode the same bytes,
+  `Mask2FormerImageProcessorPil`, `Mask2FormerForUniversalSegmentation` forward (fp32 eager, or
+  under `torch.autocast("cpu", dtype=torch.bfloat16)` with its outputs back in fp32), the
+  processor's post_process_<task>. ratio = PyTorch / segserve(auto) (> 1: segserve faster);
+  target >= 2x fp32 eager + post-processing.
+- agreement: segserve(auto) vs segserve ONNX Runtime fp32 on the same request: the fraction of
+  pixels with the same label, and segments matched by label with their mask IoU.
+- throughput: --clients concurrent clients, --requests each, panoptic on the 512x512 image, against an
+  auto repository with dynamic batching (max batch 8) and one without
+  (`build_repository(batching=False)`); Triton's statistics give the graph's executions, so the mean
+  batch size is measured, not assumed.
 
 Both sides run with the same number of compute threads (--threads, default 1: PyTorch's
-intra-op threads and ONNX Runtime's per graph). On a small shared machine more threads than idle
+intra-op threads and each served graph's). On a small shared machine more threads than idle
 cores make both sides erratic (measured here: PyTorch's forward 4.2 s with 1 thread, 14.6 s with 2
 while other work ran). Random weights: few or no panoptic segments pass the default thresholds, so
 the semantic task (always full work) is reported too.
@@ -27,6 +36,7 @@ import argparse
 import io
 import json
 import os
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -41,7 +51,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-EXPORT_SIZE = 512
 TASKS = ("panoptic", "semantic")
 
 
@@ -59,16 +68,6 @@ def _images() -> dict[str, bytes]:
     return {"512x512": _png(astronaut), "1024x1536": _png(large)}
 
 
-def _median(fn, runs: int) -> tuple[float, object]:
-    result = fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
-
-
 def _graph_stats(url: str) -> tuple[int, int]:
     import tritonclient.grpc as grpcclient
 
@@ -80,41 +79,73 @@ def _graph_stats(url: str) -> tuple[int, int]:
     return int(stats["inference_stats"]["success"].get("count", 0)), int(stats.get("execution_count", 0))
 
 
-def pytorch_latency(checkpoint: Path, images: dict[str, bytes], runs: int) -> dict:
-    import torch
+def pytorch_segmenter(checkpoint: Path, export_size: int):
+    """-> run(data, task, precision) for precision fp32 (eager) or bf16 (autocast): decode, the
+    processor, the forward, the processor's post-processing."""
     from transformers import Mask2FormerImageProcessorPil
 
+    from benchmarks import measure
     from segserve.export.mask2former import load_mask2former
 
     model = load_mask2former(checkpoint)
-    processor = Mask2FormerImageProcessorPil(size={"height": EXPORT_SIZE, "width": EXPORT_SIZE})
-    results = {"threads": torch.get_num_threads()}
-    for name, data in images.items():
-        for task in TASKS:
-            def run(data=data, task=task):
-                with Image.open(io.BytesIO(data)) as opened:
-                    image = opened.convert("RGB")
-                inputs = processor([image], return_tensors="pt")
-                with torch.no_grad():
-                    outputs = model(pixel_values=inputs["pixel_values"])
-                post = getattr(processor, f"post_process_{task}_segmentation")
-                return post(outputs, target_sizes=[(image.height, image.width)])[0]
-            seconds, result = _median(run, runs)
-            segments = len(result["segments_info"]) if task == "panoptic" else int(len(result.unique()))
-            results[f"{name}/{task}"] = {"seconds": round(seconds, 3), "segments": segments}
-    return results
+    models = {"fp32": model, "bf16": measure.AutocastBf16(model)}
+    processor = Mask2FormerImageProcessorPil(size={"height": export_size, "width": export_size})
+
+    def run(data: bytes, task: str, precision: str = "fp32"):
+        import torch
+
+        with Image.open(io.BytesIO(data)) as opened:
+            image = opened.convert("RGB")
+        inputs = processor([image], return_tensors="pt")
+        with torch.no_grad():
+            outputs = models[precision](pixel_values=inputs["pixel_values"])
+        post = getattr(processor, f"post_process_{task}_segmentation")
+        return post(outputs, target_sizes=[(image.height, image.width)])[0]
+
+    return run
 
 
-def segserve_latency(address: str, images: dict[str, bytes], runs: int) -> dict:
+def _segments(task: str, result) -> int:
+    return len(result["segments_info"]) if task == "panoptic" else int(len(result.unique()))
+
+
+SIDES = {"auto": "segserve_auto", "onnxruntime-fp32": "segserve_ort_fp32"}
+
+
+def latency(addresses: dict[str, str], pytorch, images: dict[str, bytes], runs: int) -> dict:
+    """Per image and task: the four sides interleaved, and the two segserve sides' agreement."""
+    from benchmarks import measure
     from segserve.client import SegservClient
 
-    results = {}
-    with SegservClient(address) as client:
+    report = {}
+    with contextlib.ExitStack() as stack:
+        clients = {c: stack.enter_context(SegservClient(addresses[c])) for c in SIDES}
         for name, data in images.items():
             for task in TASKS:
-                seconds, result = _median(lambda data=data, task=task: client.segment(data, task=task), runs)
-                results[f"{name}/{task}"] = {"seconds": round(seconds, 3), "segments": len(result.segments)}
-    return results
+                cases = {"pytorch_fp32_eager": lambda data=data, task=task: pytorch(data, task),
+                         "pytorch_bf16_autocast": lambda data=data, task=task: pytorch(data, task, "bf16"),
+                         **{SIDES[c]: (lambda c=c, data=data, task=task: clients[c].segment(data, task=task))
+                            for c in SIDES}}
+                last: dict = {}
+                times = {k: measure.spread(v) for k, v in measure.interleaved(cases, runs, after=last.__setitem__).items()}
+                auto = times["segserve_auto"]["median"]
+                fp32 = times["pytorch_fp32_eager"]["median"]
+                report[f"{name}/{task}"] = {
+                    "segserve_s": auto, "segserve_ort_fp32_s": times["segserve_ort_fp32"]["median"],
+                    "pytorch_s": fp32, "pytorch_bf16_autocast_s": times["pytorch_bf16_autocast"]["median"],
+                    "ratio_pytorch_over_segserve": measure.ratio(fp32, auto),
+                    "ratio_bf16_autocast_over_segserve": measure.ratio(times["pytorch_bf16_autocast"]["median"], auto),
+                    "ratio_pytorch_over_segserve_ort_fp32": measure.ratio(fp32, times["segserve_ort_fp32"]["median"]),
+                    "target_vs_fp32_eager": measure.target(fp32 / auto, 2.0),
+                    "seconds": times,
+                    "segments": {"segserve_auto": len(last["segserve_auto"].segments),
+                                 "segserve_ort_fp32": len(last["segserve_ort_fp32"].segments),
+                                 "pytorch_fp32_eager": _segments(task, last["pytorch_fp32_eager"]),
+                                 "pytorch_bf16_autocast": _segments(task, last["pytorch_bf16_autocast"])},
+                    "agreement_auto_vs_ort_fp32": measure.segmentation_agreement(last["segserve_auto"],
+                                                                                 last["segserve_ort_fp32"]),
+                }
+    return report
 
 
 def throughput(stack, data: bytes, clients: int, requests: int) -> dict:
@@ -146,58 +177,63 @@ def throughput(stack, data: bytes, clients: int, requests: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--artifacts", type=Path, default=ROOT / "build" / "bench" / "mask2former-swin-tiny")
+    parser.add_argument("--size", choices=("swin-tiny", "tiny"), default="swin-tiny",
+                        help="random-weight config (tiny: smoke runs)")
+    parser.add_argument("--artifacts", type=Path)
     parser.add_argument("--out", type=Path, help="also write the JSON here")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs per latency case (after a warm-up)")
+    parser.add_argument("--runs", type=int, default=5, help="interleaved rounds per latency case, after a warm-up (>= 5)")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--requests", type=int, default=3, help="requests per client in the throughput runs")
-    parser.add_argument("--threads", type=int, default=1, help="compute threads for PyTorch and ONNX Runtime")
+    parser.add_argument("--threads", type=int, default=1, help="compute threads for PyTorch and each served graph")
     args = parser.parse_args(argv)
+    from benchmarks import measure
+
+    measure.check_rounds(parser, args.runs, "--runs")
     import torch
 
     torch.set_num_threads(args.threads)
 
     from segserve.export.mask2former import export_mask2former
     from segserve.orchestrator.settings import Settings
-    from segserve.repository.builder import build_repository
     from segserve.runtime.stack import start_stack
 
-    load_start = os.getloadavg()
+    machine = measure.machine(args.threads)
+    artifacts = args.artifacts or ROOT / "build" / "bench" / f"mask2former-{args.size}"
     start = time.perf_counter()
-    record = export_mask2former(None, args.artifacts, image_size=EXPORT_SIZE, random_size="swin-tiny")
+    record = export_mask2former(None, artifacts, random_size=args.size)
     export_s = time.perf_counter() - start
+    export_size = int(record.model_config["image_size"])
     images = _images()
     report: dict = {
         "benchmark": "mask2former",
-        "model": {"config": "swin-tiny, 133 labels", "random_weights": record.random_weights,
-                  "parameters": record.model_config["parameters"], "export_size": EXPORT_SIZE,
-                  "onnx_parity_max_abs_error": record.parity.get("max_abs_error"), "export_or_cache_s": round(export_s, 1)},
-        "machine": {"cpus": os.cpu_count(), "threads_per_side": args.threads,
-                    "load_average_at_start": [round(v, 2) for v in load_start]},
+        "model": {"config": "swin-tiny, 133 labels" if args.size == "swin-tiny" else f"{args.size} (smoke)",
+                  "random_weights": record.random_weights, "parameters": record.model_config.get("parameters"),
+                  "export_size": export_size, "onnx_parity_max_abs_error": record.parity.get("max_abs_error"),
+                  "export_or_cache_s": round(export_s, 1)},
+        "machine": machine,
     }
+    pytorch = pytorch_segmenter(artifacts / "checkpoints" / f"mask2former-random-{args.size}", export_size)
     with tempfile.TemporaryDirectory(prefix="segserve-bench-m2f-") as tmp:
         tmp = Path(tmp)
-        build_repository(args.artifacts, tmp / "batched", "embedded", intra_op_threads=args.threads)
-        build_repository(args.artifacts, tmp / "unbatched", "embedded", batching=False,
-                         intra_op_threads=args.threads)
-        with start_stack(tmp / "batched", tmp / "triton-batched", Settings()) as stack:
-            ours = segserve_latency(stack.address, images, args.runs)
-            batched = throughput(stack, images["512x512"], args.clients, args.requests)
-        with start_stack(tmp / "unbatched", tmp / "triton-unbatched", Settings()) as stack:
-            unbatched = throughput(stack, images["512x512"], args.clients, args.requests)
-    reference = pytorch_latency(args.artifacts / "checkpoints" / "mask2former-random-swin-tiny", images, args.runs)
-    report["machine"]["torch_threads"] = reference.pop("threads")
-    report["latency"] = {
-        case: {"segserve_s": ours[case]["seconds"], "pytorch_s": reference[case]["seconds"],
-               "ratio_pytorch_over_segserve": round(reference[case]["seconds"] / ours[case]["seconds"], 2),
-               "segments_segserve": ours[case]["segments"], "segments_pytorch": reference[case]["segments"]}
-        for case in ours
-    }
+        served = {c: measure.build_served(artifacts, tmp / c, c, intra_op_threads=args.threads) for c in SIDES}
+        unbatched = measure.build_served(artifacts, tmp / "auto-unbatched", "auto", batching=False,
+                                         intra_op_threads=args.threads)
+        report["segserve"] = {SIDES[c]: served[c] for c in SIDES}
+        with contextlib.ExitStack() as stack:
+            running = {c: stack.enter_context(start_stack(tmp / c, tmp / f"triton-{c}", Settings())) for c in SIDES}
+            report["latency"] = latency({c: running[c].address for c in SIDES}, pytorch, images, args.runs)
+            batched_run = throughput(running["auto"], images["512x512"], args.clients, args.requests)
+        with start_stack(tmp / "auto-unbatched", tmp / "triton-unbatched", Settings()) as stack:
+            unbatched_run = throughput(stack, images["512x512"], args.clients, args.requests)
+    targets = {case: r["target_vs_fp32_eager"]["met"] for case, r in report["latency"].items()}
+    report["targets"] = {"vs_fp32_eager_plus_post": ">= 2.0", "met": targets, "all_met": all(targets.values())}
     report["throughput_panoptic_512"] = {
-        "clients": args.clients, "batched": batched, "unbatched": unbatched,
-        "speedup_batched_over_unbatched": round(batched["requests_per_s"] / unbatched["requests_per_s"], 2),
+        "clients": args.clients, "cpu_runtime": "auto", "unbatched_repository": unbatched["graphs"],
+        "batched": batched_run, "unbatched": unbatched_run,
+        "speedup_batched_over_unbatched": round(batched_run["requests_per_s"] / unbatched_run["requests_per_s"], 2),
     }
-    report["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    machine["torch_threads"] = torch.get_num_threads()
+    machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -1,26 +1,33 @@
 """Text-to-mask benchmark at real size: segserve (orchestrator + the `text_to_mask` Triton ensemble)
-vs the PyTorch eager pipeline, and the ensemble vs the sum of its parts run in-process.
+vs the PyTorch pipeline in fp32 eager and bf16 autocast, and the ensemble vs the sum of its parts
+run in-process.
 
 One run, side by side, on this machine: grounding-dino-tiny shapes (Swin-T, 800x800 letterbox) and
-sam2.1-hiera-tiny shapes, both with random weights, a 640x480 photo, one caption. The box threshold is
-set from the eager model's scores so that exactly `--objects` boxes are kept (NMS off) and every
-pipeline does the same work. Prints JSON (and writes it to --out):
+sam2.1-hiera-tiny shapes, both with random weights (`--size tiny`: the test configs, for smoke runs),
+a 512x480 photo, one caption. The box threshold is set from the fp32 eager model's scores so that
+exactly `--objects` boxes are kept (NMS off) and every pipeline does the same work (the JSON lists the
+objects each side kept). Two segserve stacks run together: the default CPU runtime choice
+(`cpu_runtime="auto"`: OpenVINO bf16 where the CPU has native bf16; the JSON records what it resolved
+to) and ONNX Runtime fp32. Every side is warmed up, then --runs interleaved rounds; medians and
+spreads. Prints JSON (and writes it to --out):
 - end_to_end: MaskFromPrompt(text) through the orchestrator (decode, one ensemble call, RLE masks)
-  vs eager PyTorch (GroundingDinoImageProcessorPil + GroundingDinoForObjectDetection +
-  post_process_grounded_object_detection, then Sam2Model on the boxes, upscale, threshold, RLE);
-  speedup = eager / segserve.
-- ensemble_overhead: the `text_to_mask` ensemble called directly on Triton vs the same steps run one
-  after another in this process with ONNX Runtime and the same numpy pre/post-processing;
-  ratio = ensemble / in-process (target <= 1.1). The ensemble runs Grounding DINO and the SAM 2
-  encoder concurrently, so on a machine with spare cores the ratio can drop below 1.
+  vs PyTorch (GroundingDinoImageProcessorPil + GroundingDinoForObjectDetection +
+  post_process_grounded_object_detection, then Sam2Model on the boxes, upscale, threshold, RLE), fp32
+  eager and with both models under bf16 autocast (post-processing in fp32);
+  speedup = PyTorch / segserve(auto); target >= 2.5x the fp32 eager pipeline.
+- ensemble_overhead: the `text_to_mask` ensemble of the auto stack called directly on Triton vs the
+  same steps run one after another in this process with each graph's served runtime and precision and the same
+  numpy pre/post-processing; ratio = ensemble / in-process (target <= 1.1). The ensemble runs
+  Grounding DINO and the SAM 2 encoder concurrently, so with spare cores the ratio can drop below 1.
+- agreement: segserve(auto) vs segserve ONNX Runtime fp32 detections of the same request, matched as
+  sets by box IoU: box IoU, score delta, phrase equality, mask IoU.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,28 +40,24 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")
 
 CAPTION = "a person. a flag. a helmet. a rocket."
-
-
-def timed(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def summary(times):
-    return {"median": statistics.median(times), "runs": times}
+SIZES = {"real": ("hiera-tiny", "swin-tiny"), "tiny": ("tiny", "tiny")}  # SAM 2, Grounding DINO
+SIDES = {"auto": "segserve_auto", "onnxruntime-fp32": "segserve_ort_fp32"}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--artifacts", type=Path, default=ROOT / "build" / "bench" / "text_real")
-    parser.add_argument("--runs", type=int, default=3)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=tuple(SIZES), default="real", help="random-weight configs (tiny: smoke runs)")
+    parser.add_argument("--artifacts", type=Path)
+    parser.add_argument("--runs", type=int, default=5, help="interleaved rounds (>= 5)")
     parser.add_argument("--objects", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="compute threads per side: PyTorch's, and each served or in-process graph's")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+
+    from benchmarks import measure
+
+    measure.check_rounds(parser, args.runs, "--runs")
 
     import tritonclient.grpc as grpcclient
     from skimage import data
@@ -66,37 +69,41 @@ def main() -> None:
     from segserve.common.grounding import CaptionTokenizer, letterbox, select_boxes
     from segserve.common.text_to_mask import detection_prompts, detections_document, objects_document
     from segserve.export.grounding_dino import export_grounding_dino
-    from segserve.export.onnx_export import ort_session
     from segserve.export.sam2 import export_sam2
-    from segserve.repository.builder import build_repository
     from segserve.runtime.stack import start_stack
+    from segserve.triton_models.graph_runner import open_graph
     from tests import sam2_reference
 
+    sam_size, gd_size = SIZES[args.size]
+    artifacts = args.artifacts or ROOT / "build" / "bench" / f"text_{args.size}"
+    torch.set_num_threads(args.threads)
+    machine = measure.machine(args.threads)
     start = time.perf_counter()
-    sam2 = export_sam2(None, args.artifacts, random_size="hiera-tiny")
-    gd_record = export_grounding_dino(None, args.artifacts, random_size="swin-tiny")
-    export_s = time.perf_counter() - start
-    repository = args.artifacts.parent / "text_real_repository"
-    build_repository(args.artifacts, repository, "embedded")
+    sam2 = export_sam2(None, artifacts, random_size=sam_size)
+    gd_record = export_grounding_dino(None, artifacts, random_size=gd_size)
+    export_s = round(time.perf_counter() - start, 1)
+    served = {c: measure.build_served(artifacts, artifacts.parent / f"{artifacts.name}_repository_{c}", c,
+                                     intra_op_threads=args.threads) for c in SIDES}
     photo = np.ascontiguousarray(data.astronaut()[16:496, :])  # 480 x 512
     height, width = photo.shape[:2]
     size = int(gd_record.model_config["image_size"])
-    torch.set_num_threads(os.cpu_count() or 1)
 
-    # --- PyTorch eager ------------------------------------------------------------------------
-    gd_checkpoint = args.artifacts / "checkpoints" / "grounding-dino-random-swin-tiny"
+    # --- PyTorch: fp32 eager and bf16 autocast ---------------------------------------------------
+    gd_checkpoint = artifacts / "checkpoints" / f"grounding-dino-random-{gd_size}"
     image_processor = GroundingDinoImageProcessorPil()
     tokenizer = AutoTokenizer.from_pretrained(gd_checkpoint)
     processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
     gd_model = GroundingDinoForObjectDetection.from_pretrained(gd_checkpoint).eval()
-    sam_model = Sam2Model.from_pretrained(args.artifacts / "checkpoints" / "sam2-random-hiera-tiny").eval()
+    sam_model = Sam2Model.from_pretrained(artifacts / "checkpoints" / f"sam2-random-{sam_size}").eval()
+    models = {"fp32": (gd_model, sam_model),
+              "bf16": (measure.AutocastBf16(gd_model), measure.AutocastBf16(sam_model))}
 
-    def eager_detect(box_threshold):
+    def eager_detect(box_threshold, precision="fp32"):
         pixels = image_processor(images=photo, size={"max_height": size, "max_width": size},
                                  pad_size={"height": size, "width": size}, return_tensors="pt")
         text = tokenizer([CAPTION], return_tensors="pt")
         with torch.no_grad():
-            outputs = gd_model(**pixels, **text)
+            outputs = models[precision][0](**pixels, **text)
         result = processor.post_process_grounded_object_detection(
             outputs, input_ids=text["input_ids"], threshold=box_threshold, text_threshold=0.25,
             target_sizes=[(height, width)])[0]
@@ -107,45 +114,49 @@ def main() -> None:
     scores = torch.sigmoid(outputs.logits[0]).max(-1).values.sort(descending=True).values.numpy()
     box_threshold = float((scores[args.objects - 1] + scores[args.objects]) / 2)
 
-    def eager():
-        _, boxes = eager_detect(box_threshold)
-        _, _, masks = sam2_reference.predict(sam_model, photo, boxes=boxes, multimask=False)
+    def eager(precision="fp32"):
+        _, boxes = eager_detect(box_threshold, precision)
+        if not len(boxes):
+            return []
+        _, _, masks = sam2_reference.predict(models[precision][1], photo, boxes=boxes, multimask=False)
         return [rle.encode(m[0]) for m in masks]
 
-    eager_objects = len(eager())  # warm-up
-
-    # --- in-process ONNX Runtime, step by step -------------------------------------------------------
-    gd = ort_session(args.artifacts / gd_record.file)
-    encoder = ort_session(args.artifacts / sam2["sam2_image_encoder"].file)
-    decoder = ort_session(args.artifacts / sam2["sam2_prompt_decoder"].file)
-    caption_tokenizer = CaptionTokenizer(args.artifacts / gd_record.model_config["tokenizer_dir"])
+    # --- in-process, step by step, with the runtime and precision `auto` serves ---------------------
+    runtime = {name: measure.served_choice(served["auto"], name)
+               for name in ("grounding_dino", "sam2_image_encoder", "sam2_prompt_decoder")}
+    gd = open_graph(artifacts / gd_record.file, *runtime["grounding_dino"], args.threads)
+    encoder = open_graph(artifacts / sam2["sam2_image_encoder"].file, *runtime["sam2_image_encoder"], args.threads)
+    decoder = open_graph(artifacts / sam2["sam2_prompt_decoder"].file, *runtime["sam2_prompt_decoder"], args.threads)
+    caption_tokenizer = CaptionTokenizer(artifacts / gd_record.model_config["tokenizer_dir"])
 
     def inprocess():
         boxed = letterbox(photo, size)
         sam_pixels = sam2_transforms.preprocess(photo)
         tokens = caption_tokenizer.encode(CAPTION)
-        logits, pred_boxes = gd.run(["logits", "pred_boxes"], {
-            "pixel_values": boxed.pixel_values[None], "pixel_mask": boxed.pixel_mask[None],
-            "input_ids": tokens.input_ids[None], "attention_mask": tokens.attention_mask[None],
-            "token_type_ids": tokens.token_type_ids[None]})
-        detections = select_boxes(logits[0], pred_boxes[0], tokens.input_ids, (height, width), caption_tokenizer.decode,
-                                  box_threshold=box_threshold, text_threshold=0.25, iou_threshold=1.0,
-                                  max_objects=args.objects)
+        found = gd.run({"pixel_values": boxed.pixel_values[None], "pixel_mask": boxed.pixel_mask[None],
+                        "input_ids": tokens.input_ids[None], "attention_mask": tokens.attention_mask[None],
+                        "token_type_ids": tokens.token_type_ids[None]}, ["logits", "pred_boxes"])
+        detections = select_boxes(found["logits"][0], found["pred_boxes"][0], tokens.input_ids, (height, width),
+                                  caption_tokenizer.decode, box_threshold=box_threshold, text_threshold=0.25,
+                                  iou_threshold=1.0, max_objects=args.objects)
         coords, labels = detection_prompts(detections.boxes, (height, width))
-        feats = dict(zip(("high_res_feats_0", "high_res_feats_1", "image_embeddings"),
-                         encoder.run(None, {"pixel_values": sam_pixels})))
-        masks, ious, objects = decoder.run(["single_mask", "single_iou", "object_score_logits"], {
+        feats = encoder.run({"pixel_values": sam_pixels}, ["high_res_feats_0", "high_res_feats_1", "image_embeddings"])
+        decoded = decoder.run({
             **feats, "point_coords": coords, "point_labels": labels,
-            "mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32)})
-        return json.loads(objects_document(detections_document(detections), masks, ious, objects, (height, width)))
+            "mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32)},
+            ["single_mask", "single_iou", "object_score_logits"])
+        return json.loads(objects_document(detections_document(detections), decoded["single_mask"],
+                                          decoded["single_iou"], decoded["object_score_logits"], (height, width)))
 
-    inprocess_objects = len(inprocess()["objects"])
-
-    # --- segserve: the ensemble alone, then through the orchestrator -------------------------------
+    # --- segserve: both stacks through the orchestrator, the auto ensemble alone ---------------------
     encoded = image_bytes(photo)
-    with start_stack(repository, ROOT / "build" / "bench" / "triton_text") as stack, \
-            SegservClient(stack.address) as client:
-        triton = grpcclient.InferenceServerClient(stack.triton.grpc_url)
+    last: dict[str, object] = {}
+    with contextlib.ExitStack() as stack:
+        running = {c: stack.enter_context(start_stack(Path(served[c]["repository"]),
+                                                      ROOT / "build" / "bench" / f"triton_text_{c}")) for c in SIDES}
+        clients = {c: stack.enter_context(SegservClient(running[c].address)) for c in SIDES}
+        triton = grpcclient.InferenceServerClient(running["auto"].triton.grpc_url)
+        stack.callback(triton.close)
 
         def tensor(name, array, dtype):
             t = grpcclient.InferInput(name, list(array.shape), dtype)
@@ -160,45 +171,52 @@ def main() -> None:
                       tensor("MAX_OBJECTS", np.array([args.objects], np.int32), "INT32")]
             return json.loads(triton.infer("text_to_mask", inputs).as_numpy("OBJECTS")[0])
 
-        def served():
-            return client.mask_from_text(encoded, CAPTION, box_threshold=box_threshold, text_threshold=0.25,
-                                         max_objects=args.objects, nms_iou_threshold=1.0)
+        def served_by(choice):
+            return lambda: clients[choice].mask_from_text(encoded, CAPTION, box_threshold=box_threshold,
+                                                          text_threshold=0.25, max_objects=args.objects,
+                                                          nms_iou_threshold=1.0)
 
-        ensemble_objects = len(ensemble()["objects"])  # warm-up
-        served_objects = len(served().objects)
-        # Interleaved, one run of each pipeline per round, so that load from elsewhere on the
-        # machine falls on all four alike.
-        eager_times, inprocess_times, ensemble_times, served_times = [], [], [], []
-        for _ in range(args.runs):
-            eager_times += timed(eager, 1)
-            inprocess_times += timed(inprocess, 1)
-            ensemble_times += timed(ensemble, 1)
-            served_times += timed(served, 1)
-        triton.close()
+        cases = {"pytorch_fp32_eager": eager, "pytorch_bf16_autocast": lambda: eager("bf16"),
+                 **{SIDES[c]: served_by(c) for c in SIDES}, "ensemble_auto": ensemble, "inprocess_auto": inprocess}
+        times = measure.interleaved(cases, args.runs, after=last.__setitem__)
 
+    t = {name: measure.spread(v) for name, v in times.items()}
+    speedup = t["pytorch_fp32_eager"]["median"] / t["segserve_auto"]["median"]
+    objects = {"pytorch_fp32_eager": len(last["pytorch_fp32_eager"]), "pytorch_bf16_autocast": len(last["pytorch_bf16_autocast"]),
+               **{SIDES[c]: len(last[SIDES[c]].objects) for c in SIDES},
+               "ensemble_auto": len(last["ensemble_auto"]["objects"]), "inprocess_auto": len(last["inprocess_auto"]["objects"])}
     result = {
         "benchmark": "text_to_mask",
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()},
-        "model": {"grounding_dino": f"grounding-dino-tiny shapes ({gd_record.model_config['parameters']} params), "
-                                    f"{size}x{size} letterbox", "sam2": "sam2.1-hiera-tiny shapes",
+        "machine": machine,
+        "model": {"grounding_dino": f"{gd_size} shapes ({gd_record.model_config.get('parameters')} params), "
+                                    f"{size}x{size} letterbox", "sam2": f"{sam_size} shapes",
                   "weights": "random", "image": f"{width}x{height}", "caption": CAPTION,
-                  "box_threshold": box_threshold, "objects": {"eager": eager_objects, "inprocess": inprocess_objects,
-                                                              "ensemble": ensemble_objects, "segserve": served_objects}},
+                  "box_threshold": box_threshold, "objects": objects},
+        "segserve": {SIDES[c]: served[c] for c in SIDES},
         "export_s": export_s,
         "end_to_end": {
-            "segserve_s": summary(served_times),
-            "pytorch_eager_s": summary(eager_times),
-            "speedup_vs_eager": statistics.median(eager_times) / statistics.median(served_times),
+            "segserve_s": t["segserve_auto"],
+            "segserve_ort_fp32_s": t["segserve_ort_fp32"],
+            "pytorch_eager_s": t["pytorch_fp32_eager"],
+            "pytorch_bf16_autocast_s": t["pytorch_bf16_autocast"],
+            "speedup_vs_eager": round(speedup, 3),
+            "speedup_vs_bf16_autocast": measure.ratio(t["pytorch_bf16_autocast"]["median"], t["segserve_auto"]["median"]),
+            "speedup_ort_fp32_vs_eager": measure.ratio(t["pytorch_fp32_eager"]["median"], t["segserve_ort_fp32"]["median"]),
+            "targets": {"vs_fp32_eager": measure.target(speedup, 2.5)},
         },
         "ensemble_overhead": {
-            "ensemble_s": summary(ensemble_times),
-            "inprocess_ort_sum_s": summary(inprocess_times),
-            "ratio": statistics.median(ensemble_times) / statistics.median(inprocess_times),
+            "runtime": {name: " ".join(choice) for name, choice in runtime.items()},
+            "ensemble_s": t["ensemble_auto"],
+            "inprocess_sum_s": t["inprocess_auto"],
+            "ratio": measure.ratio(t["ensemble_auto"]["median"], t["inprocess_auto"]["median"]),
             "target_ratio": 1.1,
-            "orchestrator_over_ensemble_s": statistics.median(served_times) - statistics.median(ensemble_times),
+            "orchestrator_over_ensemble_s": round(t["segserve_auto"]["median"] - t["ensemble_auto"]["median"], 4),
         },
+        "agreement_auto_vs_ort_fp32": measure.match_detections(last["segserve_auto"].objects,
+                                                               last["segserve_ort_fp32"].objects),
     }
+    machine["torch_threads"] = torch.get_num_threads()
+    machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

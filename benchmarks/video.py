@@ -1,20 +1,27 @@
 """SAM 2 video tracking benchmark: segserve (orchestrator + embedded Triton tracker) vs
-transformers' eager `Sam2VideoModel` propagation, one run on this machine.
+transformers' `Sam2VideoModel` propagation in PyTorch fp32 eager and bf16 autocast, side by side in
+one run on this machine.
 
-Random weights with sam2.1-hiera-tiny video shapes at 512x512 (`--size hiera-tiny` for 1024x1024).
-A synthetic clip of moving shapes; one object clicked on frame 0, then propagation to the end.
-Prints JSON (and writes it to --out):
-- eager: `propagate_in_video_iterator` frames/s (frame encoding included, as segserve does it);
-- segserve, one session: Propagate frames/s (frames uploaded beforehand; masks back as RLE);
-- segserve, N concurrent sessions: aggregate frames/s over all sessions, and per session;
-- ratio = segserve / eager frames/s; parity of the masks (IoU vs eager, worst frame).
+Random weights with sam2.1-hiera-tiny video shapes at 512x512 (`--size hiera-tiny` for 1024x1024,
+`--size tiny` for smoke runs). A synthetic clip of moving shapes; one object clicked on frame 0,
+then propagation to the end. Two segserve stacks run together: the default CPU runtime choice
+(`cpu_runtime="auto"`: OpenVINO bf16 where the CPU has native bf16; the JSON records what it
+resolved to) and ONNX Runtime fp32. Every side is warmed up, then --rounds interleaved rounds, one
+tracking run of each side per round; medians and spreads. Prints JSON (and writes it to --out):
+- PyTorch: `propagate_in_video_iterator` frames/s (frame preprocessing and encoding included, as
+  segserve does it), fp32 eager and under `torch.autocast("cpu", dtype=torch.bfloat16)`;
+- segserve, one session: AddPrompts + Propagate frames/s (frames uploaded beforehand, not timed;
+  masks back as RLE); target: segserve(auto) >= 2x PyTorch fp32 eager;
+- segserve(auto), N concurrent sessions: aggregate frames/s over all sessions, and per session;
+- agreement: per-frame mask IoU, segserve(auto) vs segserve ONNX Runtime fp32 (median / min);
+  parity: worst IoU of segserve ONNX Runtime fp32, segserve(auto) and PyTorch bf16 vs PyTorch fp32.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import platform
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,17 +32,24 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+SIDES = {"auto": "segserve_auto", "onnxruntime-fp32": "segserve_ort_fp32"}
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size", choices=("hiera-tiny-512", "hiera-tiny"), default="hiera-tiny-512")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=("hiera-tiny-512", "hiera-tiny", "tiny"), default="hiera-tiny-512")
     parser.add_argument("--artifacts", type=Path)
     parser.add_argument("--frames", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (>= 5)")
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="threads for PyTorch and for ONNX Runtime in the tracker")
+                        help="threads for PyTorch and for the tracker's graphs")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+
+    from benchmarks import measure
+
+    measure.check_rounds(parser, args.rounds, "--rounds")
 
     from transformers import Sam2VideoModel
 
@@ -43,27 +57,27 @@ def main() -> None:
     from segserve.common.synthetic_video import moving_shapes
     from segserve.export.sam2_video import export_sam2_video
     from segserve.orchestrator.settings import Settings
-    from segserve.repository.builder import build_repository
     from segserve.runtime.stack import start_stack
     from tests.sam2_video_reference import compare, run_reference
 
     torch.set_num_threads(args.threads)
+    machine = measure.machine(args.threads)
     artifacts = args.artifacts or ROOT / "build" / "bench" / f"sam2_video_{args.size}"
     records = export_sam2_video(None, artifacts, random_size=args.size)
     config = records["sam2_video_decoder"].model_config
     size = int(config["image_size"])
     frames, centres = moving_shapes(args.frames, size, size)
     script = [("prompt", 0, {1: ([centres[1][0]], [1])}), ("propagate", None, False)]
-
     model = Sam2VideoModel.from_pretrained(artifacts / "checkpoints" / f"sam2-video-random-{args.size}").eval()
-    start = time.perf_counter()
-    reference = run_reference(model, frames, script)
-    eager_s = time.perf_counter() - start
-    del model
 
-    repository = artifacts.parent / f"repository_video_{args.size}"
-    build_repository(artifacts, repository, "embedded", session_ttl_s=600, max_sessions=max(8, args.sessions),
-                     options={"video_intra_op_threads": args.threads})
+    def eager_bf16():
+        with measure.bf16_autocast():
+            return run_reference(model, frames, script)
+
+    served = {choice: measure.build_served(artifacts, artifacts.parent / f"repository_video_{args.size}_{choice}", choice,
+                                           session_ttl_s=600, max_sessions=max(8, args.sessions),
+                                           options={"video_intra_op_threads": args.threads})
+              for choice in SIDES}
 
     def one_session(address):
         with SegservClient(address) as client:
@@ -75,37 +89,57 @@ def main() -> None:
             out += [(f.frame_index, f.masks) for f in video.propagate(info.session_id)]
             elapsed = time.perf_counter() - t0
             video.end_session(info.session_id)
-            return out, elapsed
+            return elapsed, out
 
-    with start_stack(repository, artifacts.parent / "triton_video_workspace", Settings()) as stack:
-        one_session(stack.address)  # warm-up (ORT sessions, first-run allocations)
-        single, single_s = one_session(stack.address)
+    last: dict[str, list] = {}
+    with contextlib.ExitStack() as stack:
+        address = {c: stack.enter_context(start_stack(Path(served[c]["repository"]),
+                                                      artifacts.parent / f"triton_video_workspace_{c}", Settings())).address
+                   for c in SIDES}
+        cases = {"pytorch_fp32_eager": lambda: run_reference(model, frames, script), "pytorch_bf16_autocast": eager_bf16,
+                 **{SIDES[c]: (lambda c=c: one_session(address[c])) for c in SIDES}}
+        times = measure.interleaved(cases, args.rounds, after=last.__setitem__, self_timed=tuple(SIDES.values()))
         start = time.perf_counter()
         with ThreadPoolExecutor(args.sessions) as pool:
-            runs = list(pool.map(lambda _: one_session(stack.address), range(args.sessions)))
+            runs = list(pool.map(lambda _: one_session(address["auto"])[1], range(args.sessions)))
         concurrent_s = time.perf_counter() - start
 
-    worst, _ = compare(single, reference)
-    worst_concurrent = min(compare(r, single)[0] for r, _ in runs)
     tracked = args.frames  # frames computed: the prompted one, then the propagation (frame 0 reused)
-    eager_fps = tracked / eager_s
-    single_fps = tracked / single_s
+    seconds = {name: measure.spread(t) for name, t in times.items()}
+    fps = {name: {"frames_per_s": round(tracked / s["median"], 3), "seconds": s} for name, s in seconds.items()}
+    eager_fps = fps["pytorch_fp32_eager"]["frames_per_s"]
+    bf16_fps = fps["pytorch_bf16_autocast"]["frames_per_s"]
+    auto_fps = fps["segserve_auto"]["frames_per_s"]
+    fp32_reference = last["pytorch_fp32_eager"]
     result = {
         "benchmark": "sam2_video",
         "config": args.size, "image_size": size, "random_weights": True,
-        "frames": args.frames, "objects": 1, "threads": args.threads,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
-        "eager_transformers": {"frames_per_s": round(eager_fps, 3), "seconds": round(eager_s, 2)},
-        "note": "frames/s over the prompted frame + propagation, frame encoding included; frames uploaded first",
-        "segserve_single_session": {"frames_per_s": round(single_fps, 3), "seconds": round(single_s, 2)},
-        "segserve_concurrent": {"sessions": args.sessions,
+        "frames": args.frames, "objects": 1, "threads": args.threads, "rounds": args.rounds,
+        "machine": machine,
+        "segserve": {SIDES[c]: served[c] for c in SIDES},
+        "note": "frames/s over the prompted frame + propagation, frame encoding included; segserve's frames "
+                "uploaded first (not timed); seconds = one whole tracking run",
+        "eager_transformers": fps["pytorch_fp32_eager"],
+        "bf16_autocast_transformers": fps["pytorch_bf16_autocast"],
+        "segserve_single_session": fps["segserve_auto"],
+        "segserve_ort_fp32_single_session": fps["segserve_ort_fp32"],
+        "segserve_concurrent": {"sessions": args.sessions, "cpu_runtime": "auto",
                                 "aggregate_frames_per_s": round(args.sessions * tracked / concurrent_s, 3),
                                 "per_session_frames_per_s": round(tracked / concurrent_s, 3),
                                 "seconds": round(concurrent_s, 2)},
-        "ratio_single_vs_eager": round(single_fps / eager_fps, 3),
-        "ratio_concurrent_aggregate_vs_eager": round(args.sessions * tracked / concurrent_s / eager_fps, 3),
-        "parity": {"worst_iou_vs_eager": round(worst, 5), "worst_iou_concurrent_vs_single": round(worst_concurrent, 5)},
+        "ratio_single_vs_eager": measure.ratio(auto_fps, eager_fps),
+        "ratio_single_vs_bf16_autocast": measure.ratio(auto_fps, bf16_fps),
+        "ratio_ort_fp32_single_vs_eager": measure.ratio(fps["segserve_ort_fp32"]["frames_per_s"], eager_fps),
+        "ratio_concurrent_aggregate_vs_eager": measure.ratio(args.sessions * tracked / concurrent_s, eager_fps),
+        "targets": {"single_vs_fp32_eager": measure.target(auto_fps / eager_fps, 2.0)},
+        "agreement_auto_vs_ort_fp32": {"mask_iou": measure.iou_summary(
+            measure.track_ious(last["segserve_auto"], last["segserve_ort_fp32"]))},
+        "parity": {"worst_iou_vs_eager": round(compare(last["segserve_ort_fp32"], fp32_reference)[0], 5),
+                   "worst_iou_auto_vs_eager": round(compare(last["segserve_auto"], fp32_reference)[0], 5),
+                   "worst_iou_bf16_autocast_vs_eager": round(compare(last["pytorch_bf16_autocast"], fp32_reference)[0], 5),
+                   "worst_iou_concurrent_vs_single": round(min(compare(r, last["segserve_auto"])[0] for r in runs), 5)},
     }
+    machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     text = json.dumps(result, indent=2)
     print(text)
     out = args.out or ROOT / "out" / "bench_video.json"

@@ -53,6 +53,8 @@ def cmd_export(args) -> None:
         weights = "RANDOM weights" if record.random_weights else "checkpoint weights"
         print(f"{record.name}: {args.out / record.file} ({weights}; parity max abs error "
               f"{record.parity['max_abs_error']:.2e})")
+    if args.measure_bf16:
+        _measure_bf16(args.out, families, args.force)
     if args.tensorrt:
         from segserve.engines.build import BuildOptions, build_engines
 
@@ -65,17 +67,43 @@ def cmd_export(args) -> None:
             print(f"{graph}: {outcome}")
 
 
+def _measure_bf16(out: Path, families: list[str], force: bool) -> None:
+    """`export --measure-bf16`: each graph in bf16 (OpenVINO) against fp32 (ONNX Runtime), recorded in
+    the manifest (cached by the graphs' sha256); a graph that fails its gate is served in fp32."""
+    from segserve.export.precision import PrecisionError, measure
+
+    try:
+        records = measure(out, families, force=force)
+    except PrecisionError as exc:
+        sys.exit(f"segserve export --measure-bf16: {exc}")
+    for name, record in records.items():
+        shown = {k: record.metrics[k] for k in record.gate if k in record.metrics}
+        print(f"{name}: bf16 {record.status}, served {record.served_precision} {json.dumps(shown)}"
+              + (f" ({record.reason})" if record.status != "passed" else ""))
+
+
 def cmd_build_repo(args) -> None:
     from segserve.repository.builder import build_repository
 
     if args.cpu_standins and args.target != "fleet":
         sys.exit("segserve: --cpu-standins applies to --target fleet")
-    names = build_repository(args.artifacts, args.out, args.target, args.graph_backend, args.session_ttl_s,
-                             args.max_sessions, options={"trt_cache_path": args.trt_cache_path,
-                                                         "trt_precision": args.trt_precision,
-                                                         "target_gpu": args.target_gpu,
-                                                         "target_compute_capability": args.target_compute_capability})
+    from segserve.repository.builder import RepositoryError
+
+    try:
+        names = build_repository(args.artifacts, args.out, args.target, args.graph_backend, args.session_ttl_s,
+                                 args.max_sessions, intra_op_threads=args.graph_threads,
+                                 options={"trt_cache_path": args.trt_cache_path,
+                                          "trt_precision": args.trt_precision,
+                                          "target_gpu": args.target_gpu,
+                                          "target_compute_capability": args.target_compute_capability,
+                                          "graph_cache_dir": args.graph_cache_dir},
+                                 cpu_runtime=args.cpu_runtime, precision=args.precision)
+    except RepositoryError as exc:
+        sys.exit(f"segserve build-repo: {exc}")
     print(f"{args.target} repository at {args.out}: {', '.join(names)}")
+    graphs = json.loads((args.out / "repository.json").read_text()).get("graph_runtimes", {})
+    if graphs:
+        print("in-process graphs: " + ", ".join(f"{g} {c['runtime']} {c['precision']}" for g, c in graphs.items()))
     if args.cpu_standins:
         from segserve.repository.standins import replace_graphs_with_cpu_standins
         from segserve.runtime.fleet_image import standin_libraries
@@ -322,6 +350,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--random-size", choices=("tiny", "real"), default="tiny",
                    help="random-weight model size when no checkpoint is given (real: published shapes)")
     p.add_argument("--force", action="store_true", help="re-export even when cached")
+    p.add_argument("--measure-bf16", action="store_true",
+                   help="measure every exported graph in bf16 (OpenVINO) against fp32 (ONNX Runtime) with its "
+                        "family's agreement gate (masks IoU, matched detections, segments) and record it in the "
+                        "manifest; a graph that fails is served in fp32. Skipped, with the reason recorded, on a "
+                        "CPU without native bf16. Otherwise done at the first bf16 build-repo.")
     trt = p.add_argument_group(
         "TensorRT engines (fleet; needs an NVIDIA GPU and the `gpu` extra's TensorRT, the fleet image's version)",
         "--tensorrt turns every exported graph into a parity-gated engine <name>.plan next to <name>.onnx, on "
@@ -339,10 +372,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
     p.add_argument("--out", type=Path, default=DEFAULT_REPOSITORY)
     p.add_argument("--target", choices=("embedded", "fleet"), default="embedded")
-    p.add_argument("--graph-backend", choices=("onnxruntime", "onnxruntime-trt", "tensorrt"), default="onnxruntime",
+    p.add_argument("--graph-backend", choices=("onnxruntime", "onnxruntime-trt", "tensorrt", "openvino"),
+                   default="onnxruntime",
                    help="fleet graphs: onnxruntime (CUDA), onnxruntime-trt (its TensorRT accelerator, engines "
                         "built at load and cached), tensorrt (prebuilt plans); grounding_dino and mask2former "
-                        "stay on onnxruntime (segserve.engines.policy)")
+                        "stay on onnxruntime (segserve.engines.policy)); openvino (CPU nodes: Triton's OpenVINO "
+                        "backend, bf16 unless --precision fp32)")
     p.add_argument("--trt-cache-path", default="/models/trt-cache",
                    help="onnxruntime-trt: engine and timing caches, <path>/<model> (a volume in Triton's pod)")
     p.add_argument("--trt-precision", type=str.upper, choices=("FP16", "FP32"), default="FP16",
@@ -353,6 +388,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target-compute-capability", metavar="X.Y", help="tensorrt: the fleet GPU's compute capability")
     p.add_argument("--session-ttl-s", type=float, default=600.0)
     p.add_argument("--max-sessions", type=int, default=64)
+    cpu = p.add_argument_group("embedded target: how the graphs run inside the Python models (the fleet's graphs "
+                               "are Triton's own models)")
+    cpu.add_argument("--cpu-runtime", choices=("auto", "onnxruntime", "openvino"), default="auto",
+                     help="auto (default): OpenVINO bf16 where the CPU has native bf16 (AMX or AVX512-BF16), "
+                          "else ONNX Runtime fp32")
+    cpu.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                     help="default: bf16 for auto on a CPU with native bf16, else fp32; bf16 needs openvino (or "
+                          "auto) and runs fp32, with a warning, on a CPU without native bf16")
+    cpu.add_argument("--graph-threads", type=int, default=None, metavar="N",
+                     help="threads per in-process graph runner (default: the cores shared equally by every "
+                          "instance that runs graphs, so they never oversubscribe them)")
+    cpu.add_argument("--graph-cache-dir", type=Path, default=None,
+                     help="OpenVINO's compiled-model cache (default: openvino-cache beside the repository)")
     p.add_argument("--cpu-standins", action="store_true",
                    help="fleet only: replace the GPU graph models with CPU stand-ins of the same I/O, to try the "
                         "fleet repository on this machine (`segserve serve --fleet-python`)")

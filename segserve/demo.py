@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> None:
         print("[demo] SEGSERVE_SAM2_CHECKPOINT is not set: exporting a RANDOM-WEIGHT SAM 2 "
               f"({args.random_size} config). The pipeline is real, the masks are not meaningful.", flush=True)
     export_families(families, args.artifacts, size=args.random_size)
-    build_repository(args.artifacts, args.repository, "embedded")
+    # OpenVINO bf16 where the CPU has native bf16 (AMX), else ONNX Runtime fp32: as `segserve build-repo`.
+    build_repository(args.artifacts, args.repository, "embedded", cpu_runtime="auto")
     print(f"[demo] repository built at {args.repository} ({', '.join(families)})", flush=True)
 
     photo = np.ascontiguousarray(data.astronaut())  # a real photo shipped with scikit-image

@@ -36,6 +36,13 @@ def sam2_artifacts(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fleet_env_dir(tmp_path_factory) -> Path:
+    """Where the fleet image's Python venv and the stand-ins' libraries are installed, once per
+    session (`fleet_image.fleet_python`, `fleet_image.standin_libraries`)."""
+    return tmp_path_factory.mktemp("fleet_env")
+
+
+@pytest.fixture(scope="session")
 def all_family_artifacts(sam2_artifacts, tmp_path_factory) -> Path:
     """Every family, tiny random weights, in one folder (SAM 2 linked from the session's export);
     shared by the fleet suites. Tests that edit it work on a linked copy and replace, never write

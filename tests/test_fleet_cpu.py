@@ -119,12 +119,12 @@ def fleet_artifacts(all_family_artifacts) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fleet_runtime(fleet_workspace) -> fleet_image.PythonRuntime:
-    return fleet_image.fleet_python(fleet_workspace)
+def fleet_runtime(fleet_env_dir) -> fleet_image.PythonRuntime:
+    return fleet_image.fleet_python(fleet_env_dir)
 
 
 @pytest.fixture(scope="module")
-def fleet_repository(fleet_artifacts, fleet_workspace):
+def fleet_repository(fleet_artifacts, fleet_workspace, fleet_env_dir):
     """-> (repository with CPU stand-ins, the configs as `build-repo --target fleet` rendered them)."""
     from segserve.repository.builder import build_repository
     from segserve.repository.standins import replace_graphs_with_cpu_standins
@@ -138,7 +138,7 @@ def fleet_repository(fleet_artifacts, fleet_workspace):
     for name in graphs:
         assert rendered[name].platform == "onnxruntime_onnx", name
         assert [g.kind for g in rendered[name].instance_group] == [mc.ModelInstanceGroup.KIND_GPU], name
-    assert replace_graphs_with_cpu_standins(repository, fleet_image.standin_libraries(fleet_workspace)) == graphs
+    assert replace_graphs_with_cpu_standins(repository, fleet_image.standin_libraries(fleet_env_dir)) == graphs
     (repository / PROBE / "1").mkdir(parents=True)
     (repository / PROBE / "config.pbtxt").write_text(_PROBE_CONFIG)
     (repository / PROBE / "1" / "model.py").write_text(_PROBE_PY)

@@ -20,9 +20,9 @@ DOCKERFILE = fleet_image.DOCKERFILE.read_text()
 # Never in the image's Python: graphs run on Triton's own backends.
 FORBIDDEN = {"torch", "transformers", "onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt", "torchvision"}
 # Third-party imports allowed beyond REQUIRED_PACKAGES, and only inside these functions or classes:
-# CuPy where a tensor lives on a GPU (the image installs requirements/triton-gpu.txt), ONNX Runtime
-# in the embedded target's in-process runners.
-CONFINED = {"cupy": None, "onnxruntime": {"InProcessRunner", "OrtGraphs"}}
+# CuPy where a tensor lives on a GPU (the image installs requirements/triton-gpu.txt); ONNX Runtime,
+# OpenVINO and onnx in the embedded target's in-process graph runners (graph_runner.py).
+CONFINED = {"cupy": None, "onnxruntime": {"OrtRunner"}, "openvino": {"OpenVinoRunner"}, "onnx": {"_onnx_output_names"}}
 
 
 def _instructions() -> list[str]:

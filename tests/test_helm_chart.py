@@ -918,6 +918,7 @@ def test_tensorrt_differs_from_the_onnxruntime_build(chart):
      "job.image.repository is required when triton.graphBackend is tensorrt"),
     ({"triton": {"graphBackend": "tensorrt", "gpu": {"enabled": False, "product": TRT_PRODUCT}}}, "needs a GPU"),
     ({"triton": {"graphBackend": "onnxruntime-trt", "gpu": {"enabled": False}}}, "needs a GPU"),
+    ({"triton": {"graphBackend": "openvino"}}, "openvino is for CPU nodes"),
     ({"triton": {"graphBackend": "tensorrt", "gpu": {"product": TRT_PRODUCT},
                  "modelRepository": {"mode": "initExport"}}}, "built once by the repository Job"),
     ({"triton": {"graphBackend": "onnxruntime-trt"}}, "gpu.product is required when triton.trtCache.volume is claim"),
@@ -989,6 +990,30 @@ def test_onnxruntime_trt_cache_per_pod(chart):
     assert build["args"][7:] == ["--graph-backend", "onnxruntime-trt", "--trt-cache-path", "/models/trt-cache"]
     for doc in docs:
         _validate_object(doc)
+
+
+def test_cpu_only_variant_builds_for_the_openvino_backend(chart):
+    """CPU nodes: the Job's and initExport's build-repo get `--graph-backend openvino --precision`,
+    no GPU anywhere, and the backend and precision enter the buildId."""
+    values = _variant_values("cpu-only-values.yaml")
+    assert values["triton"]["graphBackend"] == "openvino" and values["triton"]["gpu"]["enabled"] is False
+    docs = _rendered(chart, "cpu-only-values.yaml")
+    build = _job_containers(_job(docs))["build-repo"]["args"][1:]
+    assert build[7:] == ["--graph-backend", "openvino", "--precision", "bf16"]
+    assert "nvidia.com/gpu" not in json.dumps(docs)
+    for doc in docs:
+        _validate_object(doc)
+    fp32 = _render(chart, {**values, "triton": {**values["triton"], "openvino": {"precision": "fp32"}}})
+    assert _job_containers(_job(fp32))["build-repo"]["args"][1:][7:] == [
+        "--graph-backend", "openvino", "--precision", "fp32"]
+    assert _build_id(fp32) != _build_id(docs) != _build_id(_render(chart, {"triton": {"gpu": {"enabled": False}}}))
+
+    init = _render(chart, {"triton": {**values["triton"], "modelRepository": {"mode": "initExport"}}})
+    tpod = _one(init, "Deployment", "triton")["spec"]["template"]["spec"]
+    build = next(c for c in tpod["initContainers"] if c["name"] == "build-repo")
+    assert build["args"][7:] == ["--graph-backend", "openvino", "--precision", "bf16"]
+    with pytest.raises(helm.HelmValuesError, match="openvino/precision"):
+        _render(chart, {"triton": {**values["triton"], "openvino": {"precision": "fp16"}}})
 
 
 def test_graph_backend_defaults_unchanged(chart):

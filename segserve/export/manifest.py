@@ -97,16 +97,47 @@ class EngineRecord:
     created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
+@dataclass
+class PrecisionRecord:
+    """A graph measured in bf16 (OpenVINO) against fp32 (ONNX Runtime) by its family's agreement
+    metrics (`segserve.export.precision`), and the precision it is served in when bf16 is asked
+    for: bf16 only if it passed its gate, else fp32 (`reason` says why). `status` "skipped": not
+    measured (a CPU without native bf16), served in fp32. Valid while the graphs in
+    `artifacts_sha256` (the graph itself, or every graph of a shared family verdict) are unchanged."""
+
+    name: str
+    family: str
+    onnx_sha256: str
+    status: str  # passed | failed | skipped
+    passed: bool
+    served_precision: str  # the precision a bf16 request serves this graph in: bf16 | fp32
+    measured_runtime: str = "openvino"
+    measured_precision: str = "bf16"
+    reference: str = "onnxruntime fp32"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, list] = field(default_factory=dict)  # metric -> [">=" | "<=", bound]
+    failures: list[str] = field(default_factory=list)
+    shared_with: list[str] = field(default_factory=list)  # graphs sharing this verdict
+    artifacts_sha256: dict[str, str] = field(default_factory=dict)
+    reason: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    cpu: str = ""
+    seconds: float = 0.0
+    created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
 class Manifest:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.path = self.directory / MANIFEST_NAME
         self.records: dict[str, ArtifactRecord] = {}
         self.engines: dict[str, EngineRecord] = {}
+        self.precisions: dict[str, PrecisionRecord] = {}
         if self.path.is_file():
             data = json.loads(self.path.read_text())
             self.records = {r["name"]: ArtifactRecord(**r) for r in data.get("artifacts", [])}
             self.engines = {e["name"]: EngineRecord(**e) for e in data.get("engines", [])}
+            self.precisions = {p["name"]: PrecisionRecord(**p) for p in data.get("precisions", [])}
 
     def artifact_path(self, name: str) -> Path:
         return self.directory / self.records[name].file
@@ -138,6 +169,8 @@ class Manifest:
         payload = {"format": 1, "artifacts": [asdict(r) for r in sorted(self.records.values(), key=lambda r: r.name)]}
         if self.engines:
             payload["engines"] = [asdict(e) for e in sorted(self.engines.values(), key=lambda e: e.name)]
+        if self.precisions:
+            payload["precisions"] = [asdict(p) for p in sorted(self.precisions.values(), key=lambda p: p.name)]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
         os.replace(tmp, self.path)

@@ -22,7 +22,7 @@ from segserve.api import pb
 from segserve.common import segments as seg
 
 from .errors import ServiceError, invalid
-from .model_info import checkpoint_name
+from .model_info import add_graphs, checkpoint_name
 from .rpc import NO_SCOPE, CallScope
 from .triton_pool import TritonPool, tensor
 
@@ -52,6 +52,7 @@ def _model_info(info: dict) -> pb.ModelInfo:
         message.checkpoint_sha256 = entry["checkpoint_sha256"] or ""
         message.random_weights = bool(entry["random_weights"])
         message.artifact_sha256["mask2former"] = entry["sha256"]
+        add_graphs(message, info, ["mask2former"])
     return message
 
 

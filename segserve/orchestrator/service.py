@@ -19,7 +19,7 @@ from . import validation
 from .errors import ServiceError, invalid
 from .ids import IdSigner
 from .metrics import STAGE_LATENCY
-from .model_info import checkpoint_name
+from .model_info import add_graphs, checkpoint_name
 from .rpc import CallScope, unary
 from .segment import Segmenter
 from .sessions import ImageSession, ImageSessions
@@ -68,6 +68,7 @@ def _model_info_messages(info: dict) -> list[pb.ModelInfo]:
             family=family, checkpoint=checkpoint_name(entry["checkpoint"]),
             checkpoint_sha256=entry["checkpoint_sha256"], random_weights=entry["random_weights"]))
         message.artifact_sha256[artifact] = entry["sha256"]
+        add_graphs(message, info, [artifact])
     return list(families.values())
 
 

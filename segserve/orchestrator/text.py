@@ -33,7 +33,7 @@ from segserve.common.grounding import GroundingInputError, normalize_caption
 from segserve.common.text_to_mask import parse_detections
 
 from .errors import ServiceError, exhausted, invalid
-from .model_info import checkpoint_name
+from .model_info import add_graphs, checkpoint_name
 from .rpc import NO_SCOPE, CallScope
 from .segment import ensemble_message
 from .triton_pool import TritonPool, tensor
@@ -68,6 +68,7 @@ def _model_info(info: dict) -> pb.ModelInfo:
     for name in ("grounding_dino", "sam2_image_encoder", "sam2_prompt_decoder"):
         if name in info:
             message.artifact_sha256[name] = info[name]["sha256"]
+            add_graphs(message, info, [name])
     return message
 
 

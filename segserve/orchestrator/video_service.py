@@ -21,7 +21,7 @@ from segserve.api import pb
 from segserve.triton_models.sam2_video_core import propagation_order
 
 from .errors import ServiceError, exhausted, invalid, not_found
-from .model_info import checkpoint_name
+from .model_info import add_graphs, checkpoint_name
 from .rpc import CallScope, server_stream, unary
 from .service import _mask_message, check_mask_format
 from .tracker_client import TRACKER_MODEL, Tracker, TrackResult
@@ -74,6 +74,7 @@ class VideoService(vpb_grpc.VideoTrackingServicer):
             if name.startswith("sam2_video_"):
                 message.checkpoint_sha256 = entry["checkpoint_sha256"]
                 message.artifact_sha256[name] = entry["sha256"]
+                add_graphs(message, info, [name])
         return message
 
     # ---- helpers ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from segserve.engines.policy import KEEP_ON_ONNXRUNTIME
 from segserve.engines.profiles import Limits, envelope, profiles_for, shapes_string
 from segserve.export.manifest import Manifest
+from segserve.triton_models import graph_runner
 from segserve.triton_models.runtime_check import runtime_digest
 
 from .description import FAMILY_MODELS, ModelSpec, Tensor
@@ -27,7 +28,7 @@ TARGETS = ("embedded", "fleet")
 # How the fleet runs its graphs: Triton's onnxruntime backend (CUDA), the same with its TensorRT
 # accelerator (engines built at load, cached on a volume), or prebuilt TensorRT plans. The graphs of
 # `KEEP_ON_ONNXRUNTIME` stay on the onnxruntime backend's CUDA provider in both TensorRT modes.
-GRAPH_BACKENDS = ("onnxruntime", "onnxruntime-trt", "tensorrt")
+GRAPH_BACKENDS = ("onnxruntime", "onnxruntime-trt", "tensorrt", "openvino")
 # The TensorRT accelerator parameters Triton's onnxruntime backend documents (README of r24.10,
 # Triton 2.51 = NGC 24.10); it refuses any other key at load.
 ORT_TRT_PARAMETERS = frozenset({
@@ -40,6 +41,14 @@ ORT_TRT_PARAMETERS = frozenset({
     "trt_tactic_sources", "trt_extra_plugin_lib_paths", "trt_profile_min_shapes", "trt_profile_max_shapes",
     "trt_profile_opt_shapes", "trt_cuda_graph_enable", "trt_dump_ep_context_model", "trt_ep_context_file_path",
     "trt_ep_context_embed_mode",
+})
+# `--graph-backend openvino`, for CPU nodes: Triton's openvino backend. The parameters it reads
+# (README and src/openvino.cc of its r24.10 branch, Triton 2.51 = NGC 24.10); it ignores other keys,
+# `validate_repository` refuses them. The bf16 key of this release is `HINT_BF16` (value YES only;
+# not `INFERENCE_PRECISION_HINT`, which later releases took over from OpenVINO).
+OPENVINO_PARAMETERS = frozenset({
+    "PERFORMANCE_HINT", "CPU_EXTENSION_PATH", "INFERENCE_NUM_THREADS", "COMPILATION_NUM_THREADS", "HINT_BF16",
+    "NUM_STREAMS", "SKIP_OV_DYNAMIC_BATCHSIZE", "ENABLE_BATCH_PADDING", "RESHAPE_IO_LAYERS",
 })
 _NUMPY_TO_TRITON = {"float32": "FP32", "float16": "FP16", "int32": "INT32", "int64": "INT64", "bool": "BOOL",
                     "uint8": "UINT8", "object": "STRING"}
@@ -115,15 +124,113 @@ class TrtRender:
         return params
 
 
+@dataclass
+class OpenVinoRender:
+    """`--graph-backend openvino`: what each graph model of a CPU node gets (`OPENVINO_PARAMETERS`).
+    Latency settings: one stream per instance, `threads` (INFERENCE_NUM_THREADS) each, so that all
+    the graph instances computing at once never oversubscribe the node's cores; `HINT_BF16: YES`
+    for bf16. With fp32 no key is written: this release has no f32 key, and the CPU plugin's
+    default precision, bf16 on CPUs with AMX or AVX512-BF16, applies there."""
+
+    precision: str = "bf16"
+    threads: int = 1
+
+    def parameters(self) -> dict[str, str]:
+        if self.precision not in ("fp32", "bf16"):
+            raise RepositoryError(f"OpenVINO precision {self.precision!r}: choose fp32 or bf16")
+        params = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(max(1, int(self.threads)))}
+        if self.precision == "bf16":
+            params["HINT_BF16"] = "YES"
+        return params
+
+
+def _ov_dim_matches(dim, value: int) -> bool:
+    """`doesMatch` of the openvino backend (r24.10 src/openvino_utils.cc), bounds compared strictly."""
+    if dim.is_static:
+        return dim.get_length() == value
+    if dim.get_max_length() < 0:  # no upper bound
+        return True
+    return dim.get_min_length() < value < dim.get_max_length()
+
+
+def _dims(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def openvino_backend_refusal(onnx_path: Path, inputs: list[Tensor], outputs: list[Tensor],
+                             max_batch_size: int) -> str | None:
+    """Why Triton's openvino backend (r24.10) would refuse to load this graph with this signature, or
+    None: its load-time checks replayed with this OpenVINO's reader. Config tensors must be the ports'
+    `get_any_name()`; a batched model is compiled at a fixed batch of max_batch_size (`ov::set_batch`);
+    inputs compare positive dims only, outputs every dim, including -1, exactly (an output dim that
+    OpenVINO bounds, e.g. `..1`, matches no config value). Scalar inputs are not supported."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(onnx_path))
+    ports = {p.get_any_name(): p for p in model.inputs}
+    for tensor in inputs:
+        if tensor.name not in ports:
+            return f"input {tensor.name} is not an input name of the graph in OpenVINO ({sorted(ports)})"
+        if ports[tensor.name].get_partial_shape().rank.get_length() == 0:
+            return f"input {tensor.name} is a scalar"
+    if max_batch_size:
+        model.reshape({name: ov.PartialShape([max_batch_size, *list(p.get_partial_shape())[1:]])
+                       for name, p in ports.items()})
+    batch = [max_batch_size] if max_batch_size else []
+    for tensor in inputs:
+        shape = list(model.input(tensor.name).get_partial_shape())
+        full = [*batch, *tensor.dims]
+        if len(shape) != len(full) or not all(_ov_dim_matches(d, v) for i, (d, v) in enumerate(zip(shape, full))
+                                              if v != -1 and not (batch and i == 0)):
+            return f"input {tensor.name}: OpenVINO's shape {_dims(shape)} does not take the config's {full}"
+    names = {p.get_any_name(): p for p in model.outputs}
+    for tensor in outputs:
+        if tensor.name not in names:
+            return f"output {tensor.name} is not an output name of the graph in OpenVINO ({sorted(names)})"
+        shape, full = list(names[tensor.name].get_partial_shape()), [*batch, *tensor.dims]
+        if len(shape) != len(full) or not all(_ov_dim_matches(d, v) for d, v in zip(shape, full)):
+            return f"output {tensor.name}: OpenVINO's shape {_dims(shape)} matches no config dims (the config has {full})"
+    return None
+
+
+def _render_openvino_graph(config: mc.ModelConfig, spec: ModelSpec, manifest: Manifest | None,
+                           openvino: OpenVinoRender | None) -> bool:
+    """A fleet graph on Triton's openvino backend, KIND_CPU. Its r24.10 release runs a batched model
+    at exactly max_batch_size (smaller batches fail, or with ENABLE_BATCH_PADDING compute zero
+    padding), so batched graphs get max_batch_size 1 and no dynamic batcher: requests run one per
+    execution, in parallel over the instances. A graph the backend would refuse to load
+    (`openvino_backend_refusal`) stays on Triton's onnxruntime backend on the CPU: returns False."""
+    if manifest is None:
+        raise RepositoryError(f"{spec.name}: the openvino graph backend needs the manifest to check the graph")
+    batch = 1 if spec.max_batch_size > 0 else 0
+    refusal = openvino_backend_refusal(manifest.artifact_path(spec.graph), spec.inputs, spec.outputs, batch)
+    if refusal:
+        config.platform = "onnxruntime_onnx"
+        config.parameters["openvino_refused"].string_value = refusal  # why, in the config for whoever reads it
+        return False
+    config.backend = "openvino"
+    config.default_model_filename = "model.onnx"
+    config.max_batch_size = batch
+    for key, value in (openvino or OpenVinoRender()).parameters().items():
+        config.parameters[key].string_value = value
+    return True
+
+
 def render_config(spec: ModelSpec, target: str, graph_backend: str = "onnxruntime", manifest: Manifest | None = None,
-                  trt: TrtRender | None = None) -> mc.ModelConfig:
-    """`manifest` (and `trt`, default `TrtRender()`) are needed for fleet graphs with onnxruntime-trt."""
+                  trt: TrtRender | None = None, openvino: OpenVinoRender | None = None) -> mc.ModelConfig:
+    """`manifest` (and `trt`, default `TrtRender()`) are needed for fleet graphs with onnxruntime-trt;
+    `manifest` (and `openvino`, default `OpenVinoRender()`) for fleet graphs with openvino."""
     if graph_backend not in GRAPH_BACKENDS:
         raise RepositoryError(f"unknown graph backend {graph_backend!r}; choose one of {GRAPH_BACKENDS}")
     if spec.ensemble:
         return _render_ensemble(spec)
     config = mc.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
-    if spec.graph and target == "fleet":
+    cpu_node = target == "fleet" and graph_backend == "openvino"  # no GPU: every instance KIND_CPU
+    on_openvino = False
+    if spec.graph and cpu_node:
+        on_openvino = _render_openvino_graph(config, spec, manifest, openvino)
+        kind = mc.ModelInstanceGroup.KIND_CPU
+    elif spec.graph and target == "fleet":
         on_trt = graph_backend != "onnxruntime" and spec.graph not in KEEP_ON_ONNXRUNTIME
         config.platform = "tensorrt_plan" if on_trt and graph_backend == "tensorrt" else "onnxruntime_onnx"
         if on_trt and graph_backend == "onnxruntime-trt":
@@ -134,13 +241,14 @@ def render_config(spec: ModelSpec, target: str, graph_backend: str = "onnxruntim
         kind = mc.ModelInstanceGroup.KIND_GPU
     else:
         config.backend = "python"
-        kind = mc.ModelInstanceGroup.KIND_CPU if target == "embedded" or spec.graph else mc.ModelInstanceGroup.KIND_MODEL
+        kind = (mc.ModelInstanceGroup.KIND_CPU if target == "embedded" or spec.graph or cpu_node
+                else mc.ModelInstanceGroup.KIND_MODEL)
     config.input.extend(_tensor_proto(t, mc.ModelInput) for t in spec.inputs)
     config.output.extend(_tensor_proto(t, mc.ModelOutput) for t in spec.outputs)
     if spec.instance_kind:
         kind = mc.ModelInstanceGroup.Kind.Value(f"KIND_{spec.instance_kind}")
     config.instance_group.add(count=spec.instances, kind=kind)
-    if spec.dynamic_batching:
+    if spec.dynamic_batching and not on_openvino:  # openvino graphs run one request per execution
         config.dynamic_batching.max_queue_delay_microseconds = spec.max_queue_delay_us
     if spec.sequence:
         seq = config.sequence_batching
@@ -228,13 +336,77 @@ def model_specs(manifest: Manifest, session_ttl_s: float = 600.0, max_sessions: 
     return specs
 
 
-def model_info(manifest: Manifest, engines: bool = False) -> str:
+# Where OpenVINO keeps compiled models by default: beside the repository (never inside it, where Triton
+# would take the folder for a model), as a path relative to the repository root, so a restarted Triton
+# (or a rebuilt repository) imports them instead of compiling again. Build option `graph_cache_dir`.
+DEFAULT_GRAPH_CACHE = "../openvino-cache"
+
+
+def in_process_graphs(spec: ModelSpec, target: str, session_runner: str | None = None) -> tuple[str, ...]:
+    """The graphs `spec`'s instances run in their own process: in the embedded target a graph model
+    its graph, a Python model its `local_graphs` unless it calls the graph models through BLS."""
+    if target != "embedded" or spec.ensemble:
+        return ()
+    if spec.graph:
+        return (spec.graph,)
+    if session_runner == "bls" or "bls" in (spec.parameters.get("runner"), spec.parameters.get("graphs")):
+        return ()
+    return tuple(spec.local_graphs)
+
+
+def graph_threads(instances: int, cores: int | None = None) -> int:
+    """Threads of each in-process graph runner. Triton runs every model instance in parallel (each
+    Python model instance is a process of its own), so all the instances that run graphs in process
+    may compute at once: each gets an equal share of the cores, `max(1, cores // instances)`, and
+    together they never oversubscribe them. One stream per runner (OpenVINO `NUM_STREAMS=1` with
+    `INFERENCE_NUM_THREADS=threads`, unpinned; ONNX Runtime `intra_op_num_threads=threads`, sequential
+    execution); a request runs on one instance's runner at a time. `cores`: the CPUs this process may
+    use (build option `cpu_cores` for another machine)."""
+    cores = cores or len(os.sched_getaffinity(0))
+    return max(1, int(cores) // max(1, int(instances)))
+
+
+def choose_graph_runtimes(graphs: list[str], cpu_runtime: str = "onnxruntime", precision: str | None = None,
+                          graph_precisions: dict[str, str] | None = None,
+                          flags: set[str] | None = None) -> dict[str, tuple[str, str]]:
+    """graph -> (runtime, precision). `cpu_runtime` / `precision` for every graph (`graph_runner.resolve`:
+    auto = OpenVINO bf16 where the CPU has native bf16, else ONNX Runtime fp32); `graph_precisions`
+    (the precision gate's verdict, fp32 for a graph whose bf16 gate failed) overrides the precision
+    per graph. bf16 runs fp32 where the runtime is ONNX Runtime (no bf16 path) or the CPU has no native
+    bf16 (with a warning). Unknown names raise RepositoryError naming the choices."""
+    graph_precisions = graph_precisions or {}
+    try:
+        runtime, default = graph_runner.resolve(cpu_runtime, precision, flags)
+        for graph, value in graph_precisions.items():
+            if value not in graph_runner.PRECISIONS:
+                raise ValueError(f"graph {graph}: unknown precision {value!r}: choose "
+                                 f"{', '.join(graph_runner.PRECISIONS)}")
+    except ValueError as exc:
+        raise RepositoryError(str(exc)) from exc
+    choices = {}
+    for graph in graphs:
+        wanted = graph_precisions.get(graph, default)
+        if runtime == "onnxruntime":
+            choices[graph] = (runtime, "fp32")
+        elif wanted == default:  # already checked against this CPU
+            choices[graph] = (runtime, default)
+        else:
+            choices[graph] = graph_runner.resolve(runtime, wanted, flags)
+    return choices
+
+
+def model_info(manifest: Manifest, engines: bool = False, graphs: dict[str, tuple[str, str]] | None = None) -> str:
     """What every response's model info reports: checkpoint, weights kind, artifact hashes, and with
     `engines` (a TensorRT repository) each graph's engine as built and whether its parity gate ran
-    on a GPU (`provenance.engine_summary`: never claimed otherwise)."""
+    on a GPU (`provenance.engine_summary`: never claimed otherwise). Per graph, the `runtime` and
+    `precision` it is served in (`graphs`: graph -> (runtime, precision) as the builder chose them;
+    default ONNX Runtime fp32, or the TensorRT engine) and `bf16_gate`, its bf16 agreement record
+    (`export.precision.precision_summary`)."""
     from segserve.engines.provenance import engine_summary
+    from segserve.export.precision import precision_summary
 
     summary = engine_summary(manifest) if engines else {}
+    gates = precision_summary(manifest)
     info = {}
     for record in manifest.records.values():
         info[record.name] = {
@@ -248,17 +420,29 @@ def model_info(manifest: Manifest, engines: bool = False) -> str:
         }
         if record.name in summary:
             info[record.name]["engine"] = summary[record.name]
+        engine = summary.get(record.name, {})
+        runtime, precision = (graphs or {}).get(record.name) or (
+            ("tensorrt", engine.get("precision", "")) if engine.get("backend") == "tensorrt" else ("onnxruntime", "fp32"))
+        info[record.name].update(runtime=runtime, precision=precision, bf16_gate=gates.get(record.name, {}))
     return json.dumps(info, sort_keys=True)
 
 
 def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph_backend: str = "onnxruntime",
                      session_ttl_s: float = 600.0, max_sessions: int = 64, session_runner: str | None = None,
                      batching: bool = True, intra_op_threads: int | None = None,
-                     options: dict | None = None) -> list[str]:
+                     options: dict | None = None, cpu_runtime: str = "onnxruntime", precision: str | None = None,
+                     graph_precisions: dict[str, str] | None = None) -> list[str]:
     """`session_runner="bls"` on the embedded target runs the fleet's BLS code path on CPU.
     `batching=False` turns dynamic batching off for the graphs that honour it (Mask2Former), the
-    baseline of the batching benchmark. `intra_op_threads` caps ONNX Runtime's threads per graph in
-    the embedded target (default: all cores), e.g. for benchmarks on a shared machine."""
+    baseline of the batching benchmark.
+
+    Embedded target, graphs run in process (`choose_graph_runtimes`): `cpu_runtime` auto | onnxruntime
+    | openvino, `precision` fp32 | bf16 (default: fp32, bf16 for auto on a CPU with native bf16),
+    `graph_precisions` per graph (the precision gate's verdict) overriding `precision`. Threads per
+    graph runner: `graph_threads` (a share of the cores), or `intra_op_threads` for all of them, or
+    option `video_intra_op_threads` for the video tracker. OpenVINO's compiled-model cache: option
+    `graph_cache_dir` (default `DEFAULT_GRAPH_CACHE`, beside the repository). The fleet target ignores
+    these (its graphs are Triton's own models)."""
     if target not in TARGETS:
         raise RepositoryError(f"unknown target {target!r}; choose one of {TARGETS}")
     if graph_backend not in GRAPH_BACKENDS:
@@ -270,24 +454,46 @@ def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph
     # Session models get Triton's idle limit a margin above their TTL (`description.sequence_idle_s`).
     specs = model_specs(manifest, session_ttl_s, max_sessions, {**(options or {}), "batching": batching})
     trt = TrtRender.from_options({**(options or {}), "batching": batching})  # onnxruntime-trt
+    # openvino: the node's cores (option `cpu_cores`, else this machine's) shared by every graph instance
+    openvino = OpenVinoRender(precision or "bf16", graph_threads(sum(s.instances for s in specs if s.graph),
+                                                                 (options or {}).get("cpu_cores")))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    info = model_info(manifest, engines=target == "fleet" and graph_backend == "tensorrt")
     digest = runtime_digest()
+    local = {spec.name: in_process_graphs(spec, target, session_runner) for spec in specs}
+    if target == "embedded" and graph_precisions is None:
+        # bf16 is served only where the graph passed its agreement gate (export.precision), measured
+        # here at the first bf16 build of an export when `segserve export --measure-bf16` did not.
+        try:
+            wanted = graph_runner.resolve(cpu_runtime, precision)
+        except ValueError as exc:
+            raise RepositoryError(str(exc)) from exc
+        if wanted == ("openvino", "bf16"):
+            from segserve.export.precision import graph_precisions as gated_precisions
+
+            graph_precisions = gated_precisions(manifest, "bf16")
+    runtimes = choose_graph_runtimes(sorted({g for graphs in local.values() for g in graphs}), cpu_runtime,
+                                     precision, graph_precisions) if target == "embedded" else {}
+    info = model_info(manifest, engines=target == "fleet" and graph_backend == "tensorrt", graphs=runtimes)
+    threads = int(intra_op_threads or 0) or graph_threads(sum(s.instances for s in specs if local[s.name]),
+                                                          (options or {}).get("cpu_cores"))
+    cache_dir = (options or {}).get("graph_cache_dir")
+    cache_dir = str(Path(cache_dir).resolve()) if cache_dir else DEFAULT_GRAPH_CACHE
     for spec in specs:
         model_dir = out / spec.name
         shutil.rmtree(model_dir, ignore_errors=True)
         version_dir = model_dir / "1"
         version_dir.mkdir(parents=True)
-        if spec.graph and target == "embedded" and intra_op_threads:
-            spec.parameters["intra_op_threads"] = str(int(intra_op_threads))
+        if local[spec.name]:  # the tracker's `video_intra_op_threads` stays
+            rendered = graph_runner.render_parameters({g: runtimes[g] for g in local[spec.name]}, threads, cache_dir)
+            spec.parameters.update({k: v for k, v in rendered.items() if k not in spec.parameters})
         if spec.python_module:
             spec.parameters["model_info"] = info
             if session_runner and "runner" in spec.parameters:
                 spec.parameters["runner"] = session_runner
             if session_runner == "bls" and "graphs" in spec.parameters:
                 spec.parameters["graphs"] = "bls"  # the tracker calls the graph models, as in the fleet
-        config = render_config(spec, target, graph_backend, manifest, trt)
+        config = render_config(spec, target, graph_backend, manifest, trt, openvino)
         (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
         if spec.ensemble:
             continue  # an ensemble has only its (empty) version folder
@@ -325,7 +531,9 @@ def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph
                 shutil.copytree(source, version_dir / Path(folder).name)
     (out / "repository.json").write_text(json.dumps(
         {"target": target, "graph_backend": graph_backend, "models": [s.name for s in specs],
-         "segserve_runtime": digest}, indent=2))
+         "segserve_runtime": digest,
+         "graph_runtimes": {g: {"runtime": r, "precision": p} for g, (r, p) in sorted(runtimes.items())}},
+        indent=2))
     validate_repository(out)
     return [s.name for s in specs]
 
@@ -339,6 +547,41 @@ def _check_accelerators(name: str, config: mc.ModelConfig) -> None:
         if unknown:
             raise RepositoryError(f"{name}: TensorRT accelerator parameters {unknown} are not the onnxruntime "
                                   "backend's")
+
+
+_OPENVINO_VALUES = {"PERFORMANCE_HINT": ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"), "HINT_BF16": ("YES",)}
+
+
+def _check_openvino(name: str, config: mc.ModelConfig, onnx_path: Path) -> None:
+    """What the openvino backend (r24.10) accepts at load: the ONNX file named by
+    default_model_filename (its default is model.xml), CPU instances only, its parameters with values
+    it parses, max_batch_size 0 or 1 (`OpenVinoRender`), and the graph's shapes as it checks them."""
+    if config.default_model_filename != onnx_path.name:
+        raise RepositoryError(f"{name}: default_model_filename must be {onnx_path.name!r} (the backend looks for "
+                              "model.xml otherwise)")
+    if any(g.kind != mc.ModelInstanceGroup.KIND_CPU for g in config.instance_group):
+        raise RepositoryError(f"{name}: the openvino backend runs KIND_CPU instances only")
+    unknown = sorted(set(config.parameters) - OPENVINO_PARAMETERS)
+    if unknown:
+        raise RepositoryError(f"{name}: parameters {unknown} are not the openvino backend's")
+    for key, parameter in config.parameters.items():
+        value = parameter.string_value.upper()
+        if key in _OPENVINO_VALUES and value not in _OPENVINO_VALUES[key]:
+            raise RepositoryError(f"{name}: {key} {value!r}: the backend takes {_OPENVINO_VALUES[key]}")
+        numeric = key in ("INFERENCE_NUM_THREADS", "COMPILATION_NUM_THREADS", "NUM_STREAMS")
+        if numeric and not (value.isdigit() or (key == "NUM_STREAMS" and value in ("AUTO", "NUMA"))):
+            raise RepositoryError(f"{name}: {key} {value!r} is not a number")
+    if config.max_batch_size > 1 or config.HasField("dynamic_batching"):
+        raise RepositoryError(f"{name}: the openvino backend runs a batched model at exactly max_batch_size: "
+                              "render it with max_batch_size 1 (or 0) and no dynamic batcher")
+    try:
+        import openvino  # noqa: F401
+    except ImportError:  # the shapes are then checked at load only
+        return
+    signature = [[Tensor(t.name, "", tuple(t.dims)) for t in ts] for ts in (config.input, config.output)]
+    refusal = openvino_backend_refusal(onnx_path, *signature, config.max_batch_size)
+    if refusal:
+        raise RepositoryError(f"{name}: the openvino backend would refuse it: {refusal}")
 
 
 def _onnx_signature(path: Path) -> dict[str, int]:
@@ -358,11 +601,14 @@ def validate_repository(root: Path) -> dict[str, mc.ModelConfig]:
         configs[config.name] = config
     for name, config in configs.items():
         version_dir = root / name / "1"
-        if config.platform == "onnxruntime_onnx" or (config.backend == "python" and "onnx_file" in config.parameters):
+        if (config.platform == "onnxruntime_onnx" or config.backend == "openvino"
+                or (config.backend == "python" and "onnx_file" in config.parameters)):
             onnx_path = version_dir / "model.onnx"
             if not onnx_path.is_file():
                 raise RepositoryError(f"{name}: {onnx_path} missing")
             _check_accelerators(name, config)
+            if config.backend == "openvino":
+                _check_openvino(name, config, onnx_path)
             signature = _onnx_signature(onnx_path)
             for tensor in [*config.input, *config.output]:
                 if tensor.name not in signature:

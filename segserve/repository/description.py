@@ -2,7 +2,8 @@
 
 A `ModelSpec` says what a model is (an exported graph or Python code), its signature and its
 scheduling. The builder turns it into `config.pbtxt` for:
-- `embedded`: every model on the Python backend, graphs run by ONNX Runtime inside it;
+- `embedded`: every model on the Python backend, graphs run inside it by ONNX Runtime or OpenVINO
+  (per graph, chosen by the builder: `graph_runner`);
 - `fleet`: graphs on Triton's onnxruntime or TensorRT backend, Python only for state and glue.
 """
 from __future__ import annotations
@@ -51,6 +52,10 @@ class ModelSpec:
     instance_kind: str | None = None  # CPU / GPU / MODEL: overrides the target's default kind
     # Folders of the artifacts directory copied into the version folder (e.g. a tokenizer).
     artifact_files: tuple[str, ...] = ()
+    # Graphs this Python model runs in its own process in the embedded target (runner `inprocess`);
+    # the builder renders their runtime, precision and threads (`graph_runner.render_parameters`).
+    # A graph model runs its own graph.
+    local_graphs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,7 @@ def sam2_models(sam2_config: dict[str, Any], options: dict[str, Any], encoder_ba
         },
         fleet_parameters={"runner": "bls"},
         calls=("sam2_image_encoder", "sam2_prompt_decoder"),
+        local_graphs=("sam2_image_encoder", "sam2_prompt_decoder"),
         requires=("sam2_image_encoder", "sam2_prompt_decoder"),
     )
     return [encoder, decoder, session]
@@ -363,7 +369,7 @@ def grounding_models(config: dict[str, Any], options: dict[str, Any]) -> list[Mo
 def sam2_video_models(config: dict[str, Any], options: dict[str, Any]) -> list[ModelSpec]:
     """SAM 2 video tracking: the five graphs (served on their own in the fleet target) and the
     sequence-batched tracker that holds every session's memory bank (Oldest strategy, so steps of
-    several sessions share an execute() call; the graphs run in-process with ONNX Runtime)."""
+    several sessions share an execute() call; the graphs run in process, `graph_runner`)."""
     from segserve.triton_models.sam2_video_core import GRAPH_NAMES
 
     graphs = [ModelSpec(name=name, graph=name, inputs=[], outputs=[], requires=(name,)) for name in GRAPH_NAMES]
@@ -405,13 +411,16 @@ def sam2_video_models(config: dict[str, Any], options: dict[str, Any]) -> list[M
             "image_size": str(int(config["image_size"])),
             "mask_threshold": str(config.get("mask_threshold", 0.0)),
             "video_config": json.dumps(config, sort_keys=True),
-            "intra_op_threads": str(int(options.get("video_intra_op_threads", 0))),
-            "graphs": "inprocess",  # the five graphs in ONNX Runtime inside the tracker
+            # the five graphs inside the tracker (threads: `video_intra_op_threads`, else the builder's share)
+            "graphs": "inprocess",
+            **({"graph_threads": str(int(options["video_intra_op_threads"]))}
+               if options.get("video_intra_op_threads") else {}),
         },
         # Fleet: the graphs are Triton's own (GPU) models, called through BLS; state stays on the device.
         fleet_parameters={"graphs": "bls"},
         calls=GRAPH_NAMES,
         requires=GRAPH_NAMES,
+        local_graphs=GRAPH_NAMES,
     )
     return [*graphs, tracker]
 

@@ -160,16 +160,30 @@ def fleet_python(workspace: Path) -> PythonRuntime:
     return PythonRuntime(image.python, libdir, (str(runtime), str(site)), str(venv / "bin"))
 
 
+def standin_openvino() -> str:
+    """The OpenVINO the stand-ins of openvino-backend graphs run: segserve's own pin (pyproject), the
+    release the embedded target runs. NGC 24.10's openvino backend is built with an older OpenVINO
+    (2024.x): what this proof cannot show is a difference between the two releases."""
+    match = re.search(r'"openvino==([^"]+)"', (PROJECT_ROOT / "pyproject.toml").read_text())
+    if not match:
+        raise FleetEnvironmentError("pyproject.toml pins no openvino==")
+    return match.group(1)
+
+
 def standin_libraries(workspace: Path) -> Path:
-    """ONNX Runtime for the image's Python, in a folder of its own that only the CPU stand-ins of the
-    graph models put on their path: it stands in for Triton's onnxruntime backend and is not part
-    of the image's Python environment."""
+    """ONNX Runtime (the release of the image's onnxruntime backend) and OpenVINO (`standin_openvino`)
+    for the image's Python, in a folder of its own that only the CPU stand-ins of the graph models
+    put on their path: they stand in for Triton's onnxruntime and openvino backends and are not part
+    of the image's Python environment. `--no-deps`: both import with the image's numpy alone
+    (OpenVINO's telemetry package is optional; pip caches the wheels)."""
     image = release()
     python = find_python(image.python)
-    target = Path(workspace).resolve() / f"standin-onnxruntime{image.onnxruntime}-py{image.python}"
+    openvino = standin_openvino()
+    target = Path(workspace).resolve() / f"standin-ort{image.onnxruntime}-ov{openvino}-py{image.python}"
     if not (target / ".segserve-complete").is_file():
         shutil.rmtree(target, ignore_errors=True)
         _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-              f"onnxruntime=={image.onnxruntime}"], "installing ONNX Runtime for the CPU stand-ins")
+              f"onnxruntime=={image.onnxruntime}", f"openvino=={openvino}"],
+             "installing ONNX Runtime and OpenVINO for the CPU stand-ins")
         (target / ".segserve-complete").touch()
     return target

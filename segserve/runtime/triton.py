@@ -257,7 +257,8 @@ class EmbeddedTriton:
             *self.extra_args,
         ]
 
-    def start(self, timeout_s: float = 180.0) -> "EmbeddedTriton":
+    def start(self, timeout_s: float = 600.0) -> "EmbeddedTriton":
+        # Generous: OpenVINO compiles a graph at load (a minute for the SAM 2 encoder on 2 busy cores).
         if not self.model_repository.is_dir():
             raise TritonLaunchError(f"model repository {self.model_repository} does not exist; run `segserve build-repo`")
         for name, port in (("grpc", self.grpc_port), ("http", self.http_port), ("metrics", self.metrics_port)):

@@ -11,11 +11,24 @@ of a buffer the next run reuses). Used in the embedded target by the graph model
   Compiled models are cached in `cache_dir` (OpenVINO's CACHE_DIR), so a restarted Triton does not
   recompile. OpenVINO renames ONNX outputs, so outputs are matched through `get_names()`.
 - `auto` (`resolve`): OpenVINO bf16 where the CPU has native bf16, ONNX Runtime fp32 elsewhere.
+
+The builder chooses per graph and renders the choice into each model's config
+(`render_parameters`); a model opens its graphs with `GraphSettings.from_parameters(...).open(...)`:
+- `graph_runtime`: JSON `{graph: {"runtime": ..., "precision": ...}}` for the graphs the model runs
+  (absent: ONNX Runtime fp32), checked again at load (`resolve`): a repository built on an AMX machine
+  and served on one without native bf16 runs fp32, with a warning;
+- `graph_threads`: threads per graph (ONNX Runtime `intra_op_num_threads`, OpenVINO
+  `INFERENCE_NUM_THREADS`, one stream), set by the builder so that all the instances together never
+  oversubscribe the cores (`segserve.repository.builder.graph_threads`); 0: the runtime's default;
+- `graph_cache_dir`: OpenVINO's compiled-model cache, relative to the repository root (or absolute).
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -52,19 +65,20 @@ def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
 
 
 def resolve(runtime: str = "auto", precision: str | None = None, flags: set[str] | None = None) -> tuple[str, str]:
-    """(runtime, precision) to use. Unknown names raise ValueError naming the choices; bf16 on a CPU
-    without native bf16 becomes fp32 with a warning."""
+    """(runtime, precision) to use. Unknown names raise ValueError naming the choices, and so does bf16
+    asked of ONNX Runtime explicitly; bf16 on a CPU without native bf16 becomes fp32 with a warning
+    (with `auto`, on ONNX Runtime, as `auto` picks there)."""
     if runtime not in ("auto", *RUNTIMES):
         raise ValueError(f"unknown CPU runtime {runtime!r}: choose auto, {', '.join(RUNTIMES)}")
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
+    if precision == "bf16" and runtime == "onnxruntime":
+        raise ValueError("bf16 needs --cpu-runtime openvino (ONNX Runtime's CPU provider has no bf16 path)")
     native = cpu_has_native_bf16(flags)
     if runtime == "auto":
         runtime = "openvino" if native else "onnxruntime"
         precision = precision or ("bf16" if native else "fp32")
     precision = precision or "fp32"
-    if precision == "bf16" and runtime == "onnxruntime":
-        raise ValueError("bf16 needs --cpu-runtime openvino (ONNX Runtime's CPU provider has no bf16 path)")
     if precision == "bf16" and not native:
         log.warning("this CPU has no native bf16 (AMX or AVX512-BF16): running fp32 instead of slow emulated bf16")
         precision = "fp32"
@@ -74,6 +88,7 @@ def resolve(runtime: str = "auto", precision: str | None = None, flags: set[str]
 class OrtRunner:
     runtime = "onnxruntime"
     precision = "fp32"
+    loaded_from_cache = False
 
     def __init__(self, path: Path, threads: int = 0, optimization: str | None = None):
         import onnxruntime as ort
@@ -85,7 +100,9 @@ class OrtRunner:
                 "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                 "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                 "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
+        started = time.perf_counter()
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.load_s = time.perf_counter() - started
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -105,12 +122,17 @@ class OpenVinoRunner:
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             core.set_property({"CACHE_DIR": str(cache_dir)})
+        # One stream of `threads` threads. No pinning: every Python model instance is a process of its
+        # own, and pinned threads of several processes would share the same first cores.
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": str(max(1, streams))}
+                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": str(max(1, streams)), "ENABLE_CPU_PINNING": False}
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads)
         # compile_model from the path (not a read model) so that CACHE_DIR applies.
+        started = time.perf_counter()
         self.compiled = core.compile_model(str(path), "CPU", config)
+        self.load_s = time.perf_counter() - started
+        self.loaded_from_cache = bool(cache_dir is not None and self.compiled.get_property("LOADED_FROM_CACHE"))
         self.precision = precision
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         onnx_outputs = _onnx_output_names(path)
@@ -121,6 +143,11 @@ class OpenVinoRunner:
                         onnx_outputs[index] if index < len(onnx_outputs) else sorted(names)[0])
             self._port_of[name] = index
         self.output_names = sorted(self._port_of, key=self._port_of.get)
+        # Without onnx (the fleet image's Python) the pick above may be an internal name: every name
+        # of a port reaches it, so a caller asking for the ONNX name still finds it.
+        for index, port in enumerate(self.compiled.outputs):
+            for alias in port.get_names():
+                self._port_of.setdefault(alias, index)
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request: a model instance runs one request at a time
 
@@ -150,3 +177,53 @@ def open_graph(path: Path, runtime: str = "onnxruntime", precision: str = "fp32"
     if runtime == "openvino":
         return OpenVinoRunner(Path(path), precision, threads, streams, cache_dir)
     raise ValueError(f"unknown CPU runtime {runtime!r}: choose {', '.join(RUNTIMES)}")
+
+
+# ----------------------------------------------------------------------------- config parameters
+
+
+def render_parameters(choices: dict[str, tuple[str, str]], threads: int, cache_dir: str | None) -> dict[str, str]:
+    """A model's config parameters for the graphs it runs in process: `choices` graph -> (runtime,
+    precision); `cache_dir` relative to the repository root, or absolute (only rendered when a
+    graph runs on OpenVINO, the runtime that uses it)."""
+    params = {"graph_runtime": json.dumps({g: {"runtime": r, "precision": p} for g, (r, p) in choices.items()},
+                                          sort_keys=True),
+              "graph_threads": str(int(threads))}
+    if cache_dir and any(r == "openvino" for r, _ in choices.values()):
+        params["graph_cache_dir"] = str(cache_dir)
+    return params
+
+
+@dataclass
+class GraphSettings:
+    """How one model runs its graphs, from its config parameters (`render_parameters`)."""
+
+    choices: dict[str, dict[str, str]] = field(default_factory=dict)
+    threads: int = 0
+    cache_dir: Path | None = None
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str], repository_root: Path | None = None) -> "GraphSettings":
+        cache = params.get("graph_cache_dir")
+        cache_dir = None
+        if cache:
+            cache_dir = Path(cache) if Path(cache).is_absolute() or repository_root is None else Path(repository_root) / cache
+        # `intra_op_threads`: the parameter of repositories built before `graph_threads`
+        return cls(json.loads(params.get("graph_runtime") or "{}"),
+                   int(params.get("graph_threads", params.get("intra_op_threads", "0"))), cache_dir)
+
+    def choice(self, graph: str) -> tuple[str, str]:
+        """(runtime, precision) of `graph`, checked on this CPU (`resolve`)."""
+        entry = self.choices.get(graph, {})
+        return resolve(entry.get("runtime", "onnxruntime"), entry.get("precision", "fp32"))
+
+    def open(self, graph: str, path: Path, optimization: str | None = None) -> GraphRunner:
+        """`optimization`: ONNX Runtime's graph optimisation level (OpenVINO has none to set)."""
+        runtime, precision = self.choice(graph)
+        return open_graph(path, runtime, precision, self.threads, self.cache_dir, optimization)
+
+
+def describe(graph: str, runner: GraphRunner) -> str:
+    """One line for Triton's log: what runs the graph, and how long opening it took."""
+    cached = ", compiled-model cache hit" if getattr(runner, "loaded_from_cache", False) else ""
+    return f"graph {graph}: {runner.runtime} {runner.precision}, loaded in {getattr(runner, 'load_s', 0.0):.3f} s{cached}"

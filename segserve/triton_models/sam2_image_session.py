@@ -22,6 +22,7 @@ import triton_python_backend_utils as pb_utils
 from segserve.common import rle, sam2_transforms
 from segserve.common.status import INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, ModelRefusal
 from segserve.triton_models.common import optional_input, parameters, repository_root, respond_each, scalar
+from segserve.triton_models.graph_runner import GraphSettings, describe
 from segserve.triton_models.sam2_runner import BlsRunner, InProcessRunner
 
 
@@ -46,7 +47,10 @@ class TritonPythonModel:
         if params.get("runner", "inprocess") == "bls":
             self.runner = BlsRunner(encoder, decoder)
         else:
-            self.runner = InProcessRunner(repository_root(args), encoder, decoder, int(params.get("intra_op_threads", "0")))
+            root = repository_root(args)
+            self.runner = InProcessRunner(root, encoder, decoder, GraphSettings.from_parameters(params, root))
+            for graph, runner in ((encoder, self.runner.encoder), (decoder, self.runner.decoder)):
+                pb_utils.Logger.log_info(f"{self.name}: {describe(graph, runner)}")
         self.sessions: dict[int, ImageSession] = {}
         # The family must outlive its metrics, so it is kept on the instance.
         self.metric_family = pb_utils.MetricFamily(name="segserve_triton_image_sessions",

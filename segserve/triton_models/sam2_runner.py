@@ -1,7 +1,8 @@
 """How the session model reaches the SAM 2 graphs.
 
-- `InProcessRunner` (embedded): ONNX Runtime sessions inside the session model's own process, so
-  the embeddings never leave it; the state is numpy arrays.
+- `InProcessRunner` (embedded): the graphs run inside the session model's own process (ONNX Runtime
+  or OpenVINO, `graph_runner.GraphSettings`), so the embeddings never leave it; the state is numpy
+  arrays.
 - `BlsRunner` (fleet): business-logic calls to the `sam2_image_encoder` / `sam2_prompt_decoder`
   models, which Triton serves with its TensorRT or onnxruntime backends on the GPU. The state is
   the encoder's output Tensors themselves, left on the device and passed to the decoder as they are
@@ -14,31 +15,29 @@ from pathlib import Path
 
 import numpy as np
 
+from segserve.triton_models.graph_runner import GraphSettings
+
 ENCODER_OUTPUTS = ("high_res_feats_0", "high_res_feats_1", "image_embeddings")
 DECODER_OUTPUTS = ("multi_masks", "multi_iou", "single_mask", "single_iou", "object_score_logits")
 
 
 class InProcessRunner:
-    def __init__(self, repository: Path, encoder_model: str, decoder_model: str, threads: int = 0):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.encoder = ort.InferenceSession(str(repository / encoder_model / "1" / "model.onnx"), options,
-                                            providers=["CPUExecutionProvider"])
-        self.decoder = ort.InferenceSession(str(repository / decoder_model / "1" / "model.onnx"), options,
-                                            providers=["CPUExecutionProvider"])
+    def __init__(self, repository: Path, encoder_model: str, decoder_model: str, settings: GraphSettings | None = None):
+        """`settings`: each graph's runtime and precision, threads and cache (default: ONNX Runtime fp32)."""
+        settings = settings or GraphSettings()
+        self.encoder = settings.open(encoder_model, Path(repository) / encoder_model / "1" / "model.onnx")
+        self.decoder = settings.open(decoder_model, Path(repository) / decoder_model / "1" / "model.onnx")
 
     def encode(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = self.encoder.run(list(ENCODER_OUTPUTS), {"pixel_values": pixel_values})
-        return {k: np.array(v, copy=True) for k, v in zip(ENCODER_OUTPUTS, outputs)}  # own copies, kept
+        # The runner's arrays are the caller's own (never a reused buffer): kept as they are.
+        return self.encoder.run({"pixel_values": pixel_values}, list(ENCODER_OUTPUTS))
 
     @staticmethod
     def nbytes(value: np.ndarray) -> int:
         return value.nbytes
 
     def decode(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        return dict(zip(outputs, self.decoder.run(outputs, feeds)))
+        return self.decoder.run(feeds, outputs)
 
 
 class BlsRunner:

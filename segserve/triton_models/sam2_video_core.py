@@ -24,7 +24,7 @@ This is transformers' `Sam2VideoModel.forward` / `propagate_in_video_iterator` w
   processor does; the mask, resized to the model's square and thresholded as the processor does,
   is the frame's output as it is (`_use_mask_as_output`), with no memory conditioning.
 
-Arrays: the graphs run in ONNX Runtime in process (`OrtGraphs`, numpy) or as Triton models through
+Arrays: the graphs run in process (`LocalGraphs`: ONNX Runtime or OpenVINO, numpy) or as Triton models through
 BLS (`triton_models.bls.BlsGraphs`: numpy for outputs on the host, CuPy for outputs on a GPU). The
 state built from graph outputs (encoder feature cache, memory features and positions, object
 pointers, low-res masks) stays in the outputs' array module (`array_namespace`), so in the fleet it
@@ -50,12 +50,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from segserve.common import sam2_transforms
 from segserve.common.status import CANCELLED, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ModelRefusal
+
+if TYPE_CHECKING:
+    from segserve.triton_models.graph_runner import GraphSettings
 
 GRAPH_NAMES = ("sam2_video_image_encoder", "sam2_video_memory_attention", "sam2_video_decoder",
                "sam2_video_memory_encoder", "sam2_video_mask_prompt")
@@ -185,43 +188,48 @@ class FrameResult:
     object_scores: np.ndarray  # [O]
 
 
-class OrtGraphs:
-    """The graphs in ONNX Runtime, from `<repository>/<name>/1/model.onnx` or explicit paths."""
+class LocalGraphs:
+    """The graphs in process (`graph_runner`: ONNX Runtime or OpenVINO, per graph), from
+    `<repository>/<name>/1/model.onnx` or explicit paths. `settings` (`GraphSettings`): each graph's
+    runtime and precision, the threads and OpenVINO's compiled-model cache; default ONNX Runtime fp32.
+    `optimization` is ONNX Runtime's level: "basic" (constant folding, redundant nodes) keeps
+    PyTorch's arithmetic; the extended fusions change rounding slightly, and the memory bank (stored
+    in bfloat16) feeds errors back frame after frame."""
 
-    def __init__(self, paths: dict[str, Path], threads: int = 0, optimization: str = "basic"):
-        import onnxruntime as ort
+    def __init__(self, paths: dict[str, Path], threads: int = 0, optimization: str = "basic",
+                 settings: "GraphSettings | None" = None):
+        from segserve.triton_models.graph_runner import GraphSettings
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        # "basic" (constant folding, redundant nodes) keeps PyTorch's arithmetic; the extended
-        # fusions change rounding slightly, and the memory bank (stored in bfloat16) feeds errors
-        # back frame after frame.
-        options.graph_optimization_level = {
-            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[optimization]
-        self.sessions = {name: ort.InferenceSession(str(paths[name]), options, providers=["CPUExecutionProvider"])
-                         for name in GRAPH_NAMES}
+        settings = settings or GraphSettings(threads=threads)
+        self.runners = {name: settings.open(name, Path(paths[name]), optimization) for name in GRAPH_NAMES}
 
     @classmethod
-    def from_repository(cls, root: Path, threads: int = 0, optimization: str = "basic") -> "OrtGraphs":
-        return cls({n: Path(root) / n / "1" / "model.onnx" for n in GRAPH_NAMES}, threads, optimization)
+    def from_repository(cls, root: Path, threads: int = 0, optimization: str = "basic",
+                        settings: "GraphSettings | None" = None) -> "LocalGraphs":
+        return cls({n: Path(root) / n / "1" / "model.onnx" for n in GRAPH_NAMES}, threads, optimization, settings)
 
     @classmethod
-    def from_artifacts(cls, artifacts: Path, threads: int = 0, optimization: str = "basic") -> "OrtGraphs":
-        return cls({n: Path(artifacts) / f"{n}.onnx" for n in GRAPH_NAMES}, threads, optimization)
+    def from_artifacts(cls, artifacts: Path, threads: int = 0, optimization: str = "basic",
+                       settings: "GraphSettings | None" = None) -> "LocalGraphs":
+        return cls({n: Path(artifacts) / f"{n}.onnx" for n in GRAPH_NAMES}, threads, optimization, settings)
+
+    @property
+    def sessions(self) -> dict[str, Any]:
+        """The ONNX Runtime sessions of the graphs that run on it (`OrtGraphs`' attribute)."""
+        return {name: r.session for name, r in self.runners.items() if r.runtime == "onnxruntime"}
 
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        session = self.sessions[name]
-        names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, feeds)))
+        return self.runners[name].run(feeds)
+
+
+OrtGraphs = LocalGraphs  # the former name (tests, benchmarks)
 
 
 class VideoTracker:
     def __init__(self, graphs, config: dict[str, Any], max_objects: int = 16, max_frames: int = 2000,
                  max_frame_bytes: int = 1 << 30, max_memory_bytes: int = 2 << 30, max_total_bytes: int | None = None,
                  held_bytes: Callable[[], int] | None = None):
-        """`graphs`: anything with `run(name, feeds) -> {output: array}` (`OrtGraphs`, `BlsGraphs`).
+        """`graphs`: anything with `run(name, feeds) -> {output: array}` (`LocalGraphs`, `BlsGraphs`).
         `max_total_bytes` bounds `held_bytes()`, the bytes held by every session of the model
         instance together (frames + memory banks), after any request; None: no total cap."""
         self.graphs = graphs

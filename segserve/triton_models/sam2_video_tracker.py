@@ -3,7 +3,8 @@
 The state of a session (frames, per-object prompts, conditioning and non-conditioning outputs with
 their memory features and object pointers) lives in this instance keyed by CORRID; the tracking
 rules are `sam2_video_core.VideoTracker` (transformers' `Sam2VideoModel`). Its graphs (parameter
-`graphs`) run in ONNX Runtime inside this model (`inprocess`, the embedded target) or are Triton's
+`graphs`) run inside this model (`inprocess`, the embedded target: ONNX Runtime or OpenVINO per
+graph, parameters `graph_runtime`, `graph_threads`, `graph_cache_dir`, see `graph_runner`) or are Triton's
 own models called through BLS (`bls`, the fleet: the memory bank stays on their GPU, in CuPy; no
 onnxruntime import). Each request is one operation (OP, `segserve.common.video_ops.TrackerOp`):
 
@@ -44,7 +45,8 @@ from segserve.common import rle, sam2_transforms
 from segserve.common.status import INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, ModelRefusal
 from segserve.common.video_ops import PAD_LABEL, TrackerOp
 from segserve.triton_models.common import answer, optional_input, parameters, repository_root, scalar
-from segserve.triton_models.sam2_video_core import GRAPH_OUTPUTS, OrtGraphs, VideoSession, VideoTracker
+from segserve.triton_models.graph_runner import GraphSettings, describe
+from segserve.triton_models.sam2_video_core import GRAPH_OUTPUTS, LocalGraphs, VideoSession, VideoTracker
 
 
 def _graphs(args, params: dict[str, str]):
@@ -54,7 +56,11 @@ def _graphs(args, params: dict[str, str]):
 
         return BlsGraphs(GRAPH_OUTPUTS)
     if kind == "inprocess":
-        return OrtGraphs.from_repository(repository_root(args), int(params.get("intra_op_threads", "0")))
+        root = repository_root(args)
+        graphs = LocalGraphs.from_repository(root, settings=GraphSettings.from_parameters(params, root))
+        for name, runner in graphs.runners.items():
+            pb_utils.Logger.log_info(f"{args['model_name']}: {describe(name, runner)}")
+        return graphs
     raise ValueError(f"parameter graphs: {kind!r} is neither 'inprocess' nor 'bls'")
 
 

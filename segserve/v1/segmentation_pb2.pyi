@@ -77,7 +77,7 @@ class Rle(_message.Message):
     def __init__(self, size: _Optional[_Iterable[int]] = ..., counts: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("family", "checkpoint", "checkpoint_sha256", "random_weights", "artifact_sha256")
+    __slots__ = ("family", "checkpoint", "checkpoint_sha256", "random_weights", "artifact_sha256", "graphs")
     class ArtifactSha256Entry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -85,17 +85,38 @@ class ModelInfo(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class GraphsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: GraphRuntime
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[GraphRuntime, _Mapping]] = ...) -> None: ...
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_SHA256_FIELD_NUMBER: _ClassVar[int]
     RANDOM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    GRAPHS_FIELD_NUMBER: _ClassVar[int]
     family: str
     checkpoint: str
     checkpoint_sha256: str
     random_weights: bool
     artifact_sha256: _containers.ScalarMap[str, str]
-    def __init__(self, family: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., random_weights: bool = ..., artifact_sha256: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    graphs: _containers.MessageMap[str, GraphRuntime]
+    def __init__(self, family: _Optional[str] = ..., checkpoint: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., random_weights: bool = ..., artifact_sha256: _Optional[_Mapping[str, str]] = ..., graphs: _Optional[_Mapping[str, GraphRuntime]] = ...) -> None: ...
+
+class GraphRuntime(_message.Message):
+    __slots__ = ("runtime", "precision", "bf16_gate", "bf16_gate_detail")
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    BF16_GATE_FIELD_NUMBER: _ClassVar[int]
+    BF16_GATE_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    runtime: str
+    precision: str
+    bf16_gate: str
+    bf16_gate_detail: str
+    def __init__(self, runtime: _Optional[str] = ..., precision: _Optional[str] = ..., bf16_gate: _Optional[str] = ..., bf16_gate_detail: _Optional[str] = ...) -> None: ...
 
 class OpenImageRequest(_message.Message):
     __slots__ = ("image",)

@@ -209,6 +209,8 @@ pinned in the Triton pod template, so new inputs roll Triton onto the new build 
 {{- $_ := set $cache "claimDir" (include "segserve.trt.key" .) }}
 {{- end }}
 {{- $_ := set $inputs "graphBackend" $cache }}
+{{- else if eq $triton.graphBackend "openvino" }}
+{{- $_ := set $inputs "graphBackend" (dict "backend" "openvino" "openvino" $triton.openvino) }}
 {{- end }}
 {{- toJson $inputs | sha256sum | trunc 16 }}
 {{- end }}
@@ -248,6 +250,11 @@ precision, so that engines built for other GPUs are never picked up from the exp
 - onnxruntime-trt
 - --trt-cache-path
 - {{ $triton.trtCache.path | quote }}
+{{- else if eq $triton.graphBackend "openvino" }}
+- --graph-backend
+- openvino
+- --precision
+- {{ $triton.openvino.precision | quote }}
 {{- end }}
 {{- end }}
 
@@ -272,8 +279,11 @@ Render-time checks of the graph backend.
 {{- $triton := .Values.triton }}
 {{- $mode := $triton.modelRepository.mode }}
 {{- $backend := $triton.graphBackend }}
-{{- if and (ne $backend "onnxruntime") (not $triton.gpu.enabled) }}
-{{- fail (printf "triton.graphBackend %s needs a GPU: set triton.gpu.enabled=true or graphBackend onnxruntime" $backend) }}
+{{- if and (has $backend (list "tensorrt" "onnxruntime-trt")) (not $triton.gpu.enabled) }}
+{{- fail (printf "triton.graphBackend %s needs a GPU: set triton.gpu.enabled=true, or graphBackend openvino for CPU nodes" $backend) }}
+{{- end }}
+{{- if and (eq $backend "openvino") $triton.gpu.enabled }}
+{{- fail "triton.graphBackend openvino is for CPU nodes (every model KIND_CPU): set triton.gpu.enabled=false" }}
 {{- end }}
 {{- if eq $backend "tensorrt" }}
 {{- if not $triton.gpu.product }}
