@@ -1,6 +1,7 @@
 """Static tests of the Helm chart in helm/segserve, offline: no cluster, no network, no helm binary.
 
-* Rendering and linting use the real Helm engine (Helm v4 Go SDK) bundled in ``helm-python-sdk``:
+* Rendering and linting use the real Helm engine (Helm v4 Go SDK) bundled in ``helm-python-sdk``,
+  run in its own process by tests/helm_engine.py:
   ``helm_python.Chart.render`` (what ``helm template`` does, schema validation included),
   ``helm_python.lint(strict=True, kube_version=...)`` (``helm lint --strict``) and
   ``Chart.validate_schema`` (values.schema.json).
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 
-import helm_python as helm  # helm-python-sdk: the real Helm engine, offline
+from tests import helm_engine as helm  # helm-python-sdk: the real Helm engine, offline, in its own process
 import jsonschema
 import kubernetes_validate as kv
 import yaml
@@ -1316,3 +1317,10 @@ def test_dockerfile_is_cpu_only_and_non_root():
     assert users and not users[-1].startswith(("0", "root"))
     assert lines[-1] == 'ENTRYPOINT ["segserve", "orchestrator"]'
     assert (ROOT / ".dockerignore").is_file()
+
+
+def test_helm_engine_stays_out_of_the_test_process(chart):
+    import sys
+
+    assert chart.metadata["name"] == "segserve"
+    assert "helm_python" not in sys.modules  # the Go runtime is loaded only by the worker
