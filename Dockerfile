@@ -5,7 +5,7 @@
 #       -e SEGSERVE_TRITON_URL=triton:8001 segserve:0.1.0
 #
 # CPU only on purpose: torch comes from the CPU wheel index before anything else is installed,
-# so `pip install .` finds torch==2.13.0 satisfied and never pulls a CUDA build.
+# so `pip install '.[export,server]'` finds torch==2.13.0 satisfied and never pulls a CUDA build.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -27,10 +27,11 @@ ENV PATH=/opt/segserve/bin:$PATH
 # Layer 1: CPU torch, alone, so the heavy layer is cached across source changes.
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 
-# Layer 2: the project and its pinned dependencies.
+# Layer 2: the project and its pinned dependencies: the orchestrator, and the repository Job's export
+# and build-repo (the bare package is the client only).
 WORKDIR /src
 COPY . /src
-RUN pip install . \
+RUN pip install '.[export,server]' \
  && python -c "import torch, sys; sys.exit('CUDA torch slipped in: %s' % torch.version.cuda if torch.version.cuda else 0)" \
  && segserve --help > /dev/null
 

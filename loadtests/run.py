@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                              "repository serves every family exported into --artifacts: for SAM 2 alone, give a "
                              "fresh --artifacts folder too")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--repository", type=Path, default=Path("model_repository/embedded"))
+    parser.add_argument("--repository", type=Path, default=Path("build/model_repository/embedded"))
     parser.add_argument("--workspace", type=Path, default=Path("build/load-triton"))
     parser.add_argument("--random-size", choices=("tiny", "real"), default="tiny")
     parser.add_argument("--user-classes", default=None,

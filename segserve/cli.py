@@ -10,8 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from segserve.extras import require
+
 DEFAULT_ARTIFACTS = Path("artifacts")
-DEFAULT_REPOSITORY = Path("model_repository/embedded")
+# The working repository (with graphs); model_repository/ holds the readable, committed configs.
+DEFAULT_REPOSITORY = Path("build/model_repository/embedded")
 
 
 def _floats(text: str, count: tuple[int, ...], what: str) -> list[float]:
@@ -35,6 +38,7 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 
 
 def cmd_export(args) -> None:
+    require("segserve export", "export")
     from segserve.export.families import export_families
     from segserve.export.manifest import Manifest
 
@@ -45,10 +49,17 @@ def cmd_export(args) -> None:
             check_precision(args.trt_precision, require_tensorrt()[1])
         except EngineBuildError as exc:
             sys.exit(f"segserve export --tensorrt: {exc}")
-    checkpoints = {k: Path(v) for k, v in _pairs(args.checkpoint, "--checkpoint").items()}
+    from segserve.export.hub import HubError
+    from segserve.export.manifest import ChecksumMismatch
+
+    # Paths stay strings here: an `hf://ORG/NAME@COMMIT` is resolved by export.hub, not as a path.
+    checkpoints = _pairs(args.checkpoint, "--checkpoint")
     families = args.families.split(",")
-    export_families(families, args.out, checkpoints, _pairs(args.expect_sha256, "--expect-sha256"),
-                    args.random_size, args.force)
+    try:
+        export_families(families, args.out, checkpoints, _pairs(args.expect_sha256, "--expect-sha256"),
+                        args.random_size, args.force, allow_unpinned=args.allow_unpinned)
+    except (HubError, ChecksumMismatch) as exc:
+        sys.exit(f"segserve export: {exc}")
     for record in Manifest(args.out).records.values():
         weights = "RANDOM weights" if record.random_weights else "checkpoint weights"
         print(f"{record.name}: {args.out / record.file} ({weights}; parity max abs error "
@@ -67,6 +78,27 @@ def cmd_export(args) -> None:
             print(f"{graph}: {outcome}")
 
 
+def cmd_fetch_weights(args) -> None:
+    """Download `hf://` checkpoints into the Hugging Face cache (and verify them) without exporting:
+    run where the Hub is reachable, then carry the cache (HF_HOME) to an air-gapped machine."""
+    require("segserve fetch-weights", "export")
+    import tempfile
+
+    from segserve.export.hub import HubError, resolve
+    from segserve.export.manifest import ChecksumMismatch
+
+    pairs = _pairs(args.checkpoint, "--checkpoint")
+    if not pairs:
+        sys.exit("segserve fetch-weights: give at least one --checkpoint FAMILY=hf://ORG/NAME@COMMIT")
+    with tempfile.TemporaryDirectory() as views:
+        for family, uri in pairs.items():
+            try:
+                hub = resolve(uri, family, Path(views), args.allow_unpinned)
+            except (HubError, ChecksumMismatch) as exc:
+                sys.exit(f"segserve fetch-weights: {exc}")
+            print(json.dumps({"family": family, **hub.provenance(), "path": str(hub.snapshot)}))
+
+
 def _measure_bf16(out: Path, families: list[str], force: bool) -> None:
     """`export --measure-bf16`: each graph in bf16 (OpenVINO) against fp32 (ONNX Runtime), recorded in
     the manifest (cached by the graphs' sha256); a graph that fails its gate is served in fp32."""
@@ -83,6 +115,7 @@ def _measure_bf16(out: Path, families: list[str], force: bool) -> None:
 
 
 def cmd_build_repo(args) -> None:
+    require("segserve build-repo", "server")
     from segserve.repository.builder import build_repository
 
     if args.cpu_standins and args.target != "fleet":
@@ -134,6 +167,7 @@ def _wait_forever(stop_callbacks, failed: threading.Event | None = None) -> None
 
 
 def cmd_triton(args) -> None:
+    require("segserve triton", "server")
     from segserve.runtime.triton import EmbeddedTriton
 
     triton = EmbeddedTriton(args.repository, args.workspace, args.grpc_port, args.http_port, args.metrics_port).start()
@@ -142,6 +176,7 @@ def cmd_triton(args) -> None:
 
 
 def cmd_orchestrator(args) -> None:
+    require("segserve orchestrator", "server")
     from segserve.orchestrator.server import serve_forever
     from segserve.orchestrator.settings import Settings
 
@@ -150,6 +185,7 @@ def cmd_orchestrator(args) -> None:
 
 
 def cmd_serve(args) -> None:
+    require("segserve serve", "server")
     import logging
 
     from segserve.orchestrator.settings import Settings
@@ -341,9 +377,12 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export ONNX graphs (parity-checked, cached by checkpoint hash)")
     p.add_argument("--families", default="sam2", help="comma-separated: sam2, mask2former")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="FAMILY=PATH",
-                   help="local checkpoint (HF directory; SAM 2 also an official .pt); else SEGSERVE_<FAMILY>_CHECKPOINT; "
+    p.add_argument("--checkpoint", action="append", default=[], metavar="FAMILY=PATH|hf://ORG/NAME@COMMIT",
+                   help="hf://ORG/NAME@COMMIT (Hugging Face Hub, pinned; HF_HUB_OFFLINE=1: the cache alone) or a "
+                        "local checkpoint (HF directory; SAM 2 also an official .pt); else SEGSERVE_<FAMILY>_CHECKPOINT; "
                         "random weights if neither")
+    p.add_argument("--allow-unpinned", action="store_true",
+                   help="accept a Hub branch or tag instead of a commit (the resolved commit is still recorded)")
     p.add_argument("--out", type=Path, default=DEFAULT_ARTIFACTS)
     p.add_argument("--expect-sha256", action="append", default=[], metavar="FAMILY=SHA256",
                    help="refuse a checkpoint with another sha256")
@@ -367,6 +406,12 @@ def parser() -> argparse.ArgumentParser:
     trt.add_argument("--trt-timing-cache", type=Path, metavar="PATH",
                      help="timing cache file, loaded when present and saved after each build")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("fetch-weights", help="download hf:// checkpoints into the Hugging Face cache, verified "
+                                              "(for air-gapped machines: then copy HF_HOME)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="FAMILY=hf://ORG/NAME@COMMIT")
+    p.add_argument("--allow-unpinned", action="store_true", help="accept a branch or tag instead of a commit")
+    p.set_defaults(func=cmd_fetch_weights)
 
     p = sub.add_parser("build-repo", help="generate the Triton model repository")
     p.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)

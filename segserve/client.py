@@ -8,7 +8,6 @@ from typing import Iterable, Sequence
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from segserve.api import pb, pb_grpc
@@ -21,6 +20,19 @@ _FORMATS = {"rle": pb.MASK_FORMAT_RLE, "png": pb.MASK_FORMAT_PNG, "both": pb.MAS
 SEGMENT_TASKS = {"panoptic": pb.SEGMENT_TASK_PANOPTIC, "semantic": pb.SEGMENT_TASK_SEMANTIC,
                  "instance": pb.SEGMENT_TASK_INSTANCE}
 _LABEL_MAP_FORMATS = {"png": pb.LABEL_MAP_FORMAT_PNG, "rle": pb.LABEL_MAP_FORMAT_RLE, "none": pb.LABEL_MAP_FORMAT_NONE}
+
+# grpc.health.v1 Check, spoken in its two one-field messages so that the bare client needs no
+# grpcio-health-checking: HealthCheckRequest {string service = 1}; HealthCheckResponse
+# {ServingStatus status = 1}, SERVING = 1, encoded as field 1 varint 1.
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_HEALTH_SERVING = b"\x08\x01"
+
+
+def _health_request(service: str) -> bytes:
+    data = service.encode()
+    if len(data) > 127:  # one length byte (a varint below 128)
+        raise ValueError(f"health service name too long: {service!r}")
+    return b"\x0a" + bytes([len(data)]) + data if data else b""  # proto3 leaves out an empty string
 
 
 def image_bytes(image: ImageLike) -> bytes:
@@ -316,12 +328,12 @@ class SegservClient:
         return self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout_s)
 
     def healthy(self) -> bool:
-        stub = health_pb2_grpc.HealthStub(self.channel)
+        check = self.channel.unary_unary(_HEALTH_CHECK, request_serializer=None, response_deserializer=None)
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service="segserve.v1.Segmentation"), timeout=5)
+            reply = check(_health_request("segserve.v1.Segmentation"), timeout=5)
         except grpc.RpcError:
             return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+        return reply == _HEALTH_SERVING
 
     def close(self) -> None:
         self.channel.close()

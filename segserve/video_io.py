@@ -60,8 +60,18 @@ def _read_folder(folder: Path, stride: int, max_frames: int | None) -> Iterator[
             raise VideoError(str(exc)) from exc
 
 
+def _av():
+    """PyAV, the `video` extra: the bare client reads frame folders only."""
+    try:
+        import av
+    except ImportError:
+        raise VideoError("video files need PyAV, the 'video' extra: pip install 'segserve[video]' "
+                         "(or give a folder of frame images)") from None
+    return av
+
+
 def _read_video(path: Path, stride: int, max_frames: int | None) -> Iterator[np.ndarray]:
-    import av
+    av = _av()
 
     try:
         container = av.open(str(path))
@@ -87,7 +97,7 @@ def frame_rate(path: str | Path, default: float = 10.0) -> float:
     path = Path(path)
     if not path.is_file():
         return default
-    import av
+    av = _av()
 
     try:
         with av.open(str(path)) as container:
@@ -101,7 +111,7 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 10.
                 codecs: Iterable[str] = DEFAULT_CODECS) -> tuple[str, int]:
     """Encode RGB frames to a video file with the first codec this FFmpeg build has; returns
     (codec, frames written). Odd sizes are padded by one edge pixel (yuv420p needs even sizes)."""
-    import av
+    av = _av()
 
     available = [c for c in codecs if c in av.codecs_available]
     if not available:

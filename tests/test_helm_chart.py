@@ -135,6 +135,7 @@ def test_ci_variants_exist():
     for expected in (
         "default-values.yaml",
         "job-repository-values.yaml",
+        "hub-checkpoints-values.yaml",
         "single-node-values.yaml",
         "pvc-repository-values.yaml",
         "object-store-values.yaml",
@@ -208,6 +209,13 @@ BAD_VALUES = {
         "triton": {"modelRepository": {"job": {"checkpoints": {"claimName": "c", "paths": {"sam2": "../x"}}}}}
     },
     "expected sha256 not hex": {"triton": {"modelRepository": {"job": {"expectSha256": {"sam2": "abc"}}}}},
+    "hub checkpoint without hf://": {"triton": {"modelRepository": {"job": {
+        "hub": {"checkpoints": {"sam2": "facebook/sam2.1-hiera-tiny"}}}}}},
+    "hub checkpoint for an unknown family": {"triton": {"modelRepository": {"job": {
+        "hub": {"checkpoints": {"sam3": "hf://facebook/sam3@" + "a" * 40}}}}}},
+    "hub token in values": {"triton": {"modelRepository": {"job": {"hub": {"token": "hf_secret"}}}}},
+    "hub token secret not a DNS name": {"triton": {"modelRepository": {"job": {
+        "hub": {"tokenSecret": {"name": "HF_Token"}}}}}},
     "unknown access mode": {"triton": {"modelRepository": {"job": {"storage": {"accessModes": ["ReadMany"]}}}}},
     "negative builds kept": {"triton": {"modelRepository": {"job": {"keepBuilds": -1}}}},
     "unknown job key": {"triton": {"modelRepository": {"job": {"checkpoint": {}}}}},
@@ -661,6 +669,70 @@ def test_repository_job_template_guards(chart, values, match):
         chart.render({"triton": {"modelRepository": {"job": values}}}, name=RELEASE, namespace=NAMESPACE)
 
 
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _hub_values(**hub) -> dict[str, Any]:
+    return {"triton": {"modelRepository": {"job": {"hub": hub}}}}
+
+
+def test_repository_job_hub_checkpoints_and_token(chart):
+    """Hub checkpoints go to `--checkpoint`; the token comes from a Secret into the export step only."""
+    docs = _render(chart, _hub_values(
+        checkpoints={"sam2": f"hf://facebook/sam2.1-hiera-tiny@{HUB_COMMIT}",
+                     "grounding_dino": f"hf://IDEA-Research/grounding-dino-tiny@{HUB_COMMIT}"},
+        tokenSecret={"name": "hf-token", "key": "token"}))
+    job = _job(docs)
+    steps = _job_containers(job)
+    args = steps["export"]["args"][2:]
+    pairs = [(a, b) for a, b in zip(args, args[1:]) if a == "--checkpoint"]
+    assert pairs == [("--checkpoint", f"grounding_dino=hf://IDEA-Research/grounding-dino-tiny@{HUB_COMMIT}"),
+                     ("--checkpoint", f"sam2=hf://facebook/sam2.1-hiera-tiny@{HUB_COMMIT}")]
+    assert "--allow-unpinned" not in args
+    env = {e["name"]: e for e in steps["export"]["env"]}
+    assert env["HF_TOKEN"] == {"name": "HF_TOKEN",
+                               "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}
+    assert env["HF_HUB_CACHE"]["value"] == "/models/hf-cache"  # on the claim: a rerun reads the cache
+    assert "HF_HUB_OFFLINE" not in env
+    for name in ("build-repo", "publish"):
+        assert "HF_TOKEN" not in {e["name"] for e in steps[name].get("env", [])}
+    # No claim is needed for Hub checkpoints.
+    assert "checkpoints" not in {v["name"] for v in job["spec"]["template"]["spec"]["volumes"]}
+    for doc in docs:
+        _validate_object(doc)
+    # Without a Secret, no HF_TOKEN at all.
+    job = _job(_render(chart, _hub_values(checkpoints={"sam2": f"hf://facebook/sam2.1-hiera-tiny@{HUB_COMMIT}"})))
+    assert "HF_TOKEN" not in {e["name"] for e in _job_containers(job)["export"]["env"]}
+
+
+def test_repository_job_hub_offline_and_unpinned(chart):
+    docs = _render(chart, _hub_values(checkpoints={"sam2": "hf://facebook/sam2.1-hiera-tiny@main"},
+                                      allowUnpinned=True, offline=True, endpoint="https://hub.mirror.example"))
+    export = _job_containers(_job(docs))["export"]
+    assert "--allow-unpinned" in export["args"]
+    env = _env(export)
+    assert env["HF_HUB_OFFLINE"] == "1" and env["HF_ENDPOINT"] == "https://hub.mirror.example"
+    notes = chart.render(_hub_values(checkpoints={"sam2": f"hf://facebook/sam2.1-hiera-tiny@{HUB_COMMIT}"}),
+                         name=RELEASE, namespace=NAMESPACE)
+    warning = next(line for line in notes["segserve/templates/NOTES.txt"].splitlines() if "WARNING" in line)
+    assert "sam2," not in warning and "sam2_video" in warning  # sam2 has a Hub checkpoint
+
+
+@pytest.mark.parametrize("values,match", [
+    (_hub_values(checkpoints={"sam2": "hf://facebook/sam2.1-hiera-tiny@main"}), "names no commit"),
+    (_hub_values(checkpoints={"sam2": "hf://facebook/sam2.1-hiera-tiny"}), "names no commit"),
+    ({"triton": {"modelRepository": {"job": {
+        "checkpoints": {"claimName": "c", "paths": {"sam2": "sam2"}},
+        "hub": {"checkpoints": {"sam2": f"hf://facebook/sam2.1-hiera-tiny@{HUB_COMMIT}"}}}}}}, "keep one"),
+    ({"triton": {"modelRepository": {"job": {
+        "families": ["sam2"], "hub": {"checkpoints": {"mask2former": f"hf://a/b@{HUB_COMMIT}"}}}}}},
+     "not in job.families"),
+])
+def test_repository_job_hub_guards(chart, values, match):
+    with pytest.raises(helm.HelmRenderError, match=match):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
 def _job_identity(chart, values) -> tuple[str, str]:
     docs = _render(chart, values)
     return _job(docs)["metadata"]["name"], _build_id(docs)
@@ -677,6 +749,8 @@ JOB_INPUT_CHANGES = {
     "checkpoint path": {"triton": {"modelRepository": {"job": {
         "checkpoints": {"claimName": "c", "paths": {"sam2": "sam2.1-hiera-small"}}}}}},
     "expected sha256": {"triton": {"modelRepository": {"job": {"expectSha256": {"sam2": "a" * 64}}}}},
+    "hub checkpoint": {"triton": {"modelRepository": {"job": {
+        "hub": {"checkpoints": {"sam2": "hf://facebook/sam2.1-hiera-tiny@" + "b" * 40}}}}}},
     "export environment": {"triton": {"modelRepository": {"job": {"env": [{"name": "X", "value": "1"}]}}}},
     "build target": {"triton": {"modelRepository": {"job": {"target": "embedded"}}}},
 }
@@ -713,6 +787,8 @@ def test_repository_job_kept_when_inputs_do_not_change(chart, case):
     {"resources": {"requests": {"cpu": "4", "memory": "8Gi"}}},
     {"keepBuilds": 5},
     {"nodeSelector": {"pool": "cpu"}},
+    {"hub": {"tokenSecret": {"name": "hf-token", "key": "token"}}},
+    {"hub": {"offline": True}},
 ])
 def test_repository_job_settings_change_the_job_not_the_build(chart, job_values):
     # A Job's pod template is immutable: any change to it must give a new Job name (or
@@ -1311,7 +1387,8 @@ def test_dockerfile_is_cpu_only_and_non_root():
     assert any(ln.startswith("FROM python:3.11-slim") or "python:3.11-slim" in ln for ln in lines)
     torch_line = next(i for i, ln in enumerate(lines) if "pip install torch==2.13.0" in ln)
     assert "--index-url https://download.pytorch.org/whl/cpu" in lines[torch_line]
-    project_line = next(i for i, ln in enumerate(lines) if "pip install ." in ln)
+    # the bare package is the client only: the image needs the export and server extras
+    project_line = next(i for i, ln in enumerate(lines) if "pip install '.[export,server]'" in ln)
     assert torch_line < project_line
     users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
     assert users and not users[-1].startswith(("0", "root"))

@@ -1,7 +1,7 @@
 """TensorRT optimization profiles cover every shape the fleet sends each graph.
 
 The shapes are produced by the code that sends them, run with recorded real-size signatures
-(tests/data/real_size_manifest: hiera-tiny at 1024², Grounding DINO at 800² with 256 tokens,
+(model_repository/default_graphs: hiera-tiny at 1024², Grounding DINO at 800² with 256 tokens,
 Mask2Former at 512²): the orchestrator's prompt building and automatic-mask batches for the image
 decoder, text-to-mask's detection prompts, and the video tracker itself over fake graphs that
 record every call. Shapes past the limits are refused before any graph sees them, or (memory
@@ -25,7 +25,7 @@ from segserve.orchestrator.errors import ServiceError
 from segserve.orchestrator.video_input import MAX_POINTS_PER_OBJECT, object_prompt
 from segserve.triton_models.sam2_video_core import GRAPH_NAMES, VideoTracker
 
-REAL = Path(__file__).parent / "data" / "real_size_manifest"
+REAL = Path(__file__).parents[1] / "model_repository" / "default_graphs"
 
 
 @pytest.fixture(scope="module")

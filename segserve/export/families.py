@@ -52,9 +52,15 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def export_families(names: list[str], out: Path, checkpoints: dict[str, Path | None] | None = None,
-                    expect_sha256: dict[str, str] | None = None, size: str = "tiny", force: bool = False) -> dict:
-    """Export the named families; a family's checkpoint comes from `checkpoints` or its env var."""
+def export_families(names: list[str], out: Path, checkpoints: dict[str, str | Path | None] | None = None,
+                    expect_sha256: dict[str, str] | None = None, size: str = "tiny", force: bool = False,
+                    allow_unpinned: bool = False) -> dict:
+    """Export the named families; a family's checkpoint comes from `checkpoints` or its env var: a
+    local path, or `hf://ORG/NAME@COMMIT` (export.hub: downloaded or found in the Hugging Face cache,
+    verified, then exported as a local directory would be; a branch or tag needs `allow_unpinned`)."""
+    from .hub import is_hub_uri, resolve
+    from .manifest import Manifest, checkpoint_digest
+
     checkpoints, expect_sha256 = checkpoints or {}, expect_sha256 or {}
     unknown = [n for n in names if n not in FAMILIES]
     if unknown:
@@ -62,7 +68,19 @@ def export_families(names: list[str], out: Path, checkpoints: dict[str, Path | N
     records = {}
     for name in names:
         family = FAMILIES[name]
-        checkpoint = checkpoints.get(name) or (Path(os.environ[family.env]) if os.environ.get(family.env) else None)
+        given, what = checkpoints.get(name), "--checkpoint"
+        if not given and os.environ.get(family.env):
+            given, what = os.environ[family.env], family.env
+        hub = None
+        if is_hub_uri(str(given or "")):
+            hub = resolve(str(given), name, Path(out) / "checkpoints" / "hub", allow_unpinned, what=what)
+            checkpoint = hub.path
+        else:
+            checkpoint = Path(given) if given else None
         records[name] = family.exporter(checkpoint, Path(out), expect_sha256.get(name),
                                         family.random_sizes[size], force)
+        source = None
+        if hub is not None:  # the manifest says which commit and files this family was exported from
+            source = {**hub.provenance(), "checkpoint_sha256": checkpoint_digest(hub.files)}
+        Manifest(Path(out)).set_checkpoint_source(name, source)
     return records

@@ -38,13 +38,19 @@ def sha256_checkpoint(path: Path) -> str:
         return sha256_file(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _CHECKPOINT_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"checkpoint directory {path} holds no weight or config files")
-    for file in files:
-        digest.update(str(file.relative_to(path)).encode())
-        digest.update(sha256_file(file).encode())
+    return checkpoint_digest({str(file.relative_to(path)): sha256_file(file) for file in files})
+
+
+def checkpoint_digest(files: dict[str, str]) -> str:
+    """A directory's checkpoint hash from its files' sha256 (relative name -> hex digest)."""
+    digest = hashlib.sha256()
+    for name in sorted(files, key=lambda n: Path(n).parts):
+        if Path(name).suffix in _CHECKPOINT_SUFFIXES:
+            digest.update(name.encode())
+            digest.update(files[name].encode())
     return digest.hexdigest()
 
 
@@ -133,11 +139,15 @@ class Manifest:
         self.records: dict[str, ArtifactRecord] = {}
         self.engines: dict[str, EngineRecord] = {}
         self.precisions: dict[str, PrecisionRecord] = {}
+        # family -> where its checkpoint came from, when that is more than a local path: for the Hub,
+        # the repo id, the requested revision, the resolved commit and every file's sha256 (export.hub).
+        self.checkpoints: dict[str, dict[str, Any]] = {}
         if self.path.is_file():
             data = json.loads(self.path.read_text())
             self.records = {r["name"]: ArtifactRecord(**r) for r in data.get("artifacts", [])}
             self.engines = {e["name"]: EngineRecord(**e) for e in data.get("engines", [])}
             self.precisions = {p["name"]: PrecisionRecord(**p) for p in data.get("precisions", [])}
+            self.checkpoints = data.get("checkpoints", {})
 
     def artifact_path(self, name: str) -> Path:
         return self.directory / self.records[name].file
@@ -156,6 +166,23 @@ class Manifest:
         self.records[record.name] = record
         self.save()
 
+    def set_checkpoint_source(self, family: str, source: dict[str, Any] | None) -> None:
+        """Record (or, with None: forget) where `family`'s checkpoint came from."""
+        if source is None:
+            if self.checkpoints.pop(family, None) is not None:
+                self.save()
+            return
+        self.checkpoints[family] = source
+        self.save()
+
+    def checkpoint_source(self, record: ArtifactRecord) -> dict[str, Any] | None:
+        """The recorded source of the checkpoint `record` was exported from, if any (by the
+        checkpoint's hash: a graph reused from an identical local directory has the same bytes)."""
+        for source in self.checkpoints.values():
+            if source.get("checkpoint_sha256") == record.checkpoint_sha256:
+                return source
+        return None
+
     def put_engine(self, record: EngineRecord) -> None:
         self.engines[record.name] = record
         self.save()
@@ -171,6 +198,8 @@ class Manifest:
             payload["engines"] = [asdict(e) for e in sorted(self.engines.values(), key=lambda e: e.name)]
         if self.precisions:
             payload["precisions"] = [asdict(p) for p in sorted(self.precisions.values(), key=lambda p: p.name)]
+        if self.checkpoints:
+            payload["checkpoints"] = self.checkpoints
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
         os.replace(tmp, self.path)

@@ -17,6 +17,7 @@ from prometheus_client import start_http_server
 
 from segserve.api import pb_grpc
 
+from . import reflection
 from .automask import add_to_server as add_automask_to_server
 from .health import TritonHealth
 from .video_service import add_to_server as add_video_to_server
@@ -73,6 +74,7 @@ def start(settings: Settings, host: str | None = None) -> RunningOrchestrator:
     service.video = add_video_to_server(service, registrar)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable(server)  # grpcurl list / describe without a .proto
     bind = f"[{host}]" if ":" in host else host  # an IPv6 literal such as "::" goes in brackets
     port = server.add_insecure_port(f"{bind}:{settings.grpc_port}")
     if port == 0:

@@ -308,9 +308,10 @@ def _family_of(artifact: str) -> str:
 
 
 def model_specs(manifest: Manifest, session_ttl_s: float = 600.0, max_sessions: int = 64,
-                options: dict | None = None) -> list[ModelSpec]:
+                options: dict | None = None, graph_files: bool = True) -> list[ModelSpec]:
     """The models of every family whose key artifact was exported. `options` go to every family's
-    description (e.g. `batching=False`: graphs that honour it run one request per execution)."""
+    description (e.g. `batching=False`: graphs that honour it run one request per execution).
+    `graph_files=False`: the manifest's records are enough (signatures only, no graph files)."""
     options = {**(options or {}), "session_ttl_s": session_ttl_s, "max_sessions": max_sessions}
     # Every exported artifact's model config, for families that use another family's graphs.
     options.setdefault("artifacts", {n: r.model_config for n, r in manifest.records.items()})
@@ -322,7 +323,8 @@ def model_specs(manifest: Manifest, session_ttl_s: float = 600.0, max_sessions: 
         raise RepositoryError(f"no exported graphs in {manifest.directory}; run `segserve export` first")
     for spec in specs:
         # Not in the manifest, or listed but its file is gone: either way the family must be exported.
-        missing = [a for a in spec.requires if a not in manifest.records or not manifest.artifact_path(a).is_file()]
+        missing = [a for a in spec.requires
+                   if a not in manifest.records or (graph_files and not manifest.artifact_path(a).is_file())]
         if missing:
             families = ",".join(sorted({_family_of(a) for a in missing}))
             raise RepositoryError(f"model {spec.name} needs the {families} graphs {missing}, missing from "
@@ -411,7 +413,8 @@ def model_info(manifest: Manifest, engines: bool = False, graphs: dict[str, tupl
     for record in manifest.records.values():
         info[record.name] = {
             "family": record.model_config.get("family", record.name.split("_")[0]),
-            "checkpoint": record.checkpoint,
+            # A Hub checkpoint is reported as hf://ORG/NAME@COMMIT, not as its path in the cache.
+            "checkpoint": (manifest.checkpoint_source(record) or {}).get("uri", record.checkpoint),
             "checkpoint_sha256": record.checkpoint_sha256,
             "random_weights": record.random_weights,
             "sha256": record.sha256,
@@ -427,11 +430,37 @@ def model_info(manifest: Manifest, engines: bool = False, graphs: dict[str, tupl
     return json.dumps(info, sort_keys=True)
 
 
+def _write_graph_file(manifest: Manifest, spec: ModelSpec, config: mc.ModelConfig, model_dir: Path,
+                      options: dict | None) -> None:
+    """The graph of a graph model into its version folder: the ONNX file, or for `tensorrt_plan` the
+    engine and its provenance record."""
+    artifact = manifest.artifact_path(spec.graph)
+    if config.platform == "tensorrt_plan":  # not the KEEP_ON_ONNXRUNTIME graphs
+        # A parity-gated engine built with the image's TensorRT for the target GPU (options
+        # `target_gpu`, `target_compute_capability`; else this machine's GPU): engines.provenance.
+        from dataclasses import asdict
+
+        from segserve.engines.provenance import EngineRefused, fleet_graph_file
+        from segserve.runtime.fleet_image import release
+
+        try:
+            plan = fleet_graph_file(manifest, spec.graph, release().tensorrt,
+                                    gpu_name=(options or {}).get("target_gpu"),
+                                    compute_capability=(options or {}).get("target_compute_capability"))
+        except EngineRefused as exc:
+            raise RepositoryError(f"TensorRT engine refused: {exc}") from exc
+        _link_or_copy(plan, model_dir / "1" / "model.plan")
+        (model_dir / "engine.json").write_text(
+            json.dumps(asdict(manifest.engines[spec.graph]), indent=2, sort_keys=True))
+    else:
+        _link_or_copy(artifact, model_dir / "1" / "model.onnx")
+
+
 def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph_backend: str = "onnxruntime",
                      session_ttl_s: float = 600.0, max_sessions: int = 64, session_runner: str | None = None,
                      batching: bool = True, intra_op_threads: int | None = None,
                      options: dict | None = None, cpu_runtime: str = "onnxruntime", precision: str | None = None,
-                     graph_precisions: dict[str, str] | None = None) -> list[str]:
+                     graph_precisions: dict[str, str] | None = None, graph_files: bool = True) -> list[str]:
     """`session_runner="bls"` on the embedded target runs the fleet's BLS code path on CPU.
     `batching=False` turns dynamic batching off for the graphs that honour it (Mask2Former), the
     baseline of the batching benchmark.
@@ -442,7 +471,11 @@ def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph
     graph runner: `graph_threads` (a share of the cores), or `intra_op_threads` for all of them, or
     option `video_intra_op_threads` for the video tracker. OpenVINO's compiled-model cache: option
     `graph_cache_dir` (default `DEFAULT_GRAPH_CACHE`, beside the repository). The fleet target ignores
-    these (its graphs are Triton's own models)."""
+    these (its graphs are Triton's own models).
+
+    `graph_files=False` writes every config.pbtxt and model.py but no graph, engine or tokenizer file,
+    from the manifest's records alone (the readable copy, `segserve.repository.readable`); option
+    `runtime_digest` then stands in for the segserve runtime's sha256."""
     if target not in TARGETS:
         raise RepositoryError(f"unknown target {target!r}; choose one of {TARGETS}")
     if graph_backend not in GRAPH_BACKENDS:
@@ -452,14 +485,14 @@ def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph
     # `max_video_objects`, `max_video_frames`, `max_video_frame_bytes` / `max_video_memory_bytes` per
     # session, `max_video_total_bytes` for all sessions of an instance: description.VIDEO_*_BYTES).
     # Session models get Triton's idle limit a margin above their TTL (`description.sequence_idle_s`).
-    specs = model_specs(manifest, session_ttl_s, max_sessions, {**(options or {}), "batching": batching})
+    specs = model_specs(manifest, session_ttl_s, max_sessions, {**(options or {}), "batching": batching}, graph_files)
     trt = TrtRender.from_options({**(options or {}), "batching": batching})  # onnxruntime-trt
     # openvino: the node's cores (option `cpu_cores`, else this machine's) shared by every graph instance
     openvino = OpenVinoRender(precision or "bf16", graph_threads(sum(s.instances for s in specs if s.graph),
                                                                  (options or {}).get("cpu_cores")))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    digest = runtime_digest()
+    digest = (options or {}).get("runtime_digest") or runtime_digest()
     local = {spec.name: in_process_graphs(spec, target, session_runner) for spec in specs}
     if target == "embedded" and graph_precisions is None:
         # bf16 is served only where the graph passed its agreement gate (export.precision), measured
@@ -498,33 +531,15 @@ def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph
         if spec.ensemble:
             continue  # an ensemble has only its (empty) version folder
         if spec.graph:
-            artifact = manifest.artifact_path(spec.graph)
-            if config.platform == "tensorrt_plan":  # not the KEEP_ON_ONNXRUNTIME graphs
-                # A parity-gated engine built with the image's TensorRT for the target GPU (options
-                # `target_gpu`, `target_compute_capability`; else this machine's GPU): engines.provenance.
-                from dataclasses import asdict
-
-                from segserve.engines.provenance import EngineRefused, fleet_graph_file
-                from segserve.runtime.fleet_image import release
-
-                try:
-                    plan = fleet_graph_file(manifest, spec.graph, release().tensorrt,
-                                            gpu_name=(options or {}).get("target_gpu"),
-                                            compute_capability=(options or {}).get("target_compute_capability"))
-                except EngineRefused as exc:
-                    raise RepositoryError(f"TensorRT engine refused: {exc}") from exc
-                _link_or_copy(plan, version_dir / "model.plan")
-                (model_dir / "engine.json").write_text(
-                    json.dumps(asdict(manifest.engines[spec.graph]), indent=2, sort_keys=True))
-            else:
-                _link_or_copy(artifact, version_dir / "model.onnx")
+            if graph_files:  # the readable copy has none
+                _write_graph_file(manifest, spec, config, model_dir, options)
             if target == "embedded":
                 (version_dir / "model.py").write_text(_MODEL_PY.format(module="onnx_model"))
         else:
             template = _FLEET_MODEL_PY if target == "fleet" else _MODEL_PY
             (version_dir / "model.py").write_text(template.format(module=spec.python_module, name=spec.name,
                                                                   digest=digest))
-            for folder in getattr(spec, "artifact_files", ()):
+            for folder in getattr(spec, "artifact_files", ()) if graph_files else ():
                 source = manifest.directory / folder
                 if not source.is_dir():
                     raise RepositoryError(f"model {spec.name} needs {source}, missing from the artifacts")
@@ -534,7 +549,7 @@ def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph
          "segserve_runtime": digest,
          "graph_runtimes": {g: {"runtime": r, "precision": p} for g, (r, p) in sorted(runtimes.items())}},
         indent=2))
-    validate_repository(out)
+    validate_repository(out, graph_files)
     return [s.name for s in specs]
 
 
@@ -590,8 +605,9 @@ def _onnx_signature(path: Path) -> dict[str, int]:
     return {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.output] if v.name not in initializers}
 
 
-def validate_repository(root: Path) -> dict[str, mc.ModelConfig]:
-    """Parse every config strictly and check it against what it serves; raise on the first fault."""
+def validate_repository(root: Path, graph_files: bool = True) -> dict[str, mc.ModelConfig]:
+    """Parse every config strictly and check it against what it serves; raise on the first fault.
+    `graph_files=False` (a repository without graphs): everything but the graph files."""
     root = Path(root)
     configs: dict[str, mc.ModelConfig] = {}
     for config_path in sorted(root.glob("*/config.pbtxt")):
@@ -601,8 +617,13 @@ def validate_repository(root: Path) -> dict[str, mc.ModelConfig]:
         configs[config.name] = config
     for name, config in configs.items():
         version_dir = root / name / "1"
-        if (config.platform == "onnxruntime_onnx" or config.backend == "openvino"
-                or (config.backend == "python" and "onnx_file" in config.parameters)):
+        onnx_model = (config.platform == "onnxruntime_onnx" or config.backend == "openvino"
+                      or (config.backend == "python" and "onnx_file" in config.parameters))
+        if not graph_files and (onnx_model or config.platform == "tensorrt_plan"):  # all but the graph
+            _check_accelerators(name, config)
+            if config.backend == "python" and not (version_dir / "model.py").is_file():
+                raise RepositoryError(f"{name}: model.py missing")
+        elif onnx_model:
             onnx_path = version_dir / "model.onnx"
             if not onnx_path.is_file():
                 raise RepositoryError(f"{name}: {onnx_path} missing")

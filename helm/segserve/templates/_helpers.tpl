@@ -199,6 +199,10 @@ pinned in the Triton pod template, so new inputs roll Triton onto the new build 
 {{- $triton := .Values.triton }}
 {{- $job := $triton.modelRepository.job }}
 {{- $inputs := dict "layout" 1 "image" (include "segserve.repositoryJob.image" .) "families" $job.families "target" $job.target "checkpoints" $job.checkpoints "expectSha256" $job.expectSha256 "exportArgs" $job.exportArgs "buildRepoArgs" $job.buildRepoArgs "env" $job.env "envFrom" $job.envFrom }}
+{{- /* Hub checkpoints: added only when set, so that existing builds keep their ids. */}}
+{{- if $job.hub.checkpoints }}
+{{- $_ := set $inputs "hub" (dict "checkpoints" $job.hub.checkpoints "allowUnpinned" $job.hub.allowUnpinned "endpoint" $job.hub.endpoint) }}
+{{- end }}
 {{- /* Added only off the default backend, so that onnxruntime builds keep their ids. */}}
 {{- if eq $triton.graphBackend "tensorrt" }}
 {{- $_ := set $inputs "graphBackend" (dict "backend" "tensorrt" "gpu" $triton.gpu.product "tensorrt" $triton.tensorrt) }}

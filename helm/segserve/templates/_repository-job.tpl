@@ -65,6 +65,13 @@ spec:
         - --checkpoint
         - {{ printf "%s=%s/%s" $family $mount (trimAll "/" $path) | quote }}
         {{- end }}
+        {{- range $family, $uri := $job.hub.checkpoints }}
+        - --checkpoint
+        - {{ printf "%s=%s" $family $uri | quote }}
+        {{- end }}
+        {{- if $job.hub.allowUnpinned }}
+        - --allow-unpinned
+        {{- end }}
         {{- range $family, $sha := $job.expectSha256 }}
         - --expect-sha256
         - {{ printf "%s=%s" $family $sha | quote }}
@@ -83,6 +90,7 @@ spec:
         {{- end }}
       env:
         {{- include "segserve.repositoryJob.env" . | nindent 8 }}
+        {{- include "segserve.repositoryJob.hubEnv" . | nindent 8 }}
       {{- with $job.envFrom }}
       envFrom:
         {{- toYaml . | nindent 8 }}
@@ -241,5 +249,32 @@ spec:
   value: /tmp/.cache
 {{- with $job.env }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Hugging Face Hub settings of the export step only: its cache on the claim, offline mode, a mirror,
+and the token from a Secret (never in values, never given to the other steps).
+*/}}
+{{- define "segserve.repositoryJob.hubEnv" -}}
+{{- $hub := .Values.triton.modelRepository.job.hub -}}
+- name: HF_HUB_CACHE
+  value: {{ $hub.cacheDir | quote }}
+- name: HF_HUB_DISABLE_TELEMETRY
+  value: "1"
+{{- if $hub.offline }}
+- name: HF_HUB_OFFLINE
+  value: "1"
+{{- end }}
+{{- with $hub.endpoint }}
+- name: HF_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- if $hub.tokenSecret.name }}
+- name: HF_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $hub.tokenSecret.name | quote }}
+      key: {{ $hub.tokenSecret.key | quote }}
 {{- end }}
 {{- end }}
