@@ -251,6 +251,9 @@ class EmbeddedTriton:
             "--exit-on-error=true",
             f"--log-verbose={self.log_verbose}",
             # Python-backend stubs talk to the server through /dev/shm regions.
+            # A stub starting on a loaded machine (importing numpy/OpenVINO, compiling graphs) can miss
+            # the backend's 30 s default and the model fails to load as "not healthy".
+            "--backend-config=python,stub-timeout-seconds=120",
             "--backend-config=python,shm-default-byte-size=16777216",
             "--backend-config=python,shm-growth-byte-size=16777216",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
