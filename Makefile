@@ -7,7 +7,7 @@ ARTIFACTS ?= artifacts
 REPOSITORY ?= build/model_repository/embedded
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench gpu-check load lint clean repository
+.PHONY: setup demo test test-all bench gpu-check load lint clean repository
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,12 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m segserve.demo --artifacts $(ARTIFACTS) --repository $(REPOSITORY) --out out
 
+# CI (`.ci/run`) runs `make test`: everything but the `slow` tests (real-size and official-architecture
+# models). `make test-all` runs those too.
 test: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Real-size random-weight models, each compared side by side with its PyTorch reference in one run.

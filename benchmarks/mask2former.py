@@ -15,8 +15,8 @@ config at 384, for smoke runs. Images: scikit-image's astronaut at 512 x 512 and
   Runtime fp32, two stacks running together. PyTorch = decode the same bytes,
   `Mask2FormerImageProcessorPil`, `Mask2FormerForUniversalSegmentation` forward (fp32 eager, or
   under `torch.autocast("cpu", dtype=torch.bfloat16)` with its outputs back in fp32), the
-  processor's post_process_<task>. ratio = PyTorch / segserve(auto) (> 1: segserve faster);
-  target >= 2x fp32 eager + post-processing.
+  processor's post_process_<task>, with the same thresholds. ratio = PyTorch / segserve(auto)
+  (> 1: segserve faster). Segment counts of every side are reported next to the times.
 - agreement: segserve(auto) vs segserve ONNX Runtime fp32 on the same request: the fraction of
   pixels with the same label, and segments matched by label with their mask IoU.
 - throughput: --clients concurrent clients, --requests each, panoptic on the 512x512 image, against an
@@ -27,8 +27,14 @@ config at 384, for smoke runs. Images: scikit-image's astronaut at 512 x 512 and
 Both sides run with the same number of compute threads (--threads, default 1: PyTorch's
 intra-op threads and each served graph's). On a small shared machine more threads than idle
 cores make both sides erratic (measured here: PyTorch's forward 4.2 s with 1 thread, 14.6 s with 2
-while other work ran). Random weights: few or no panoptic segments pass the default thresholds, so
-the semantic task (always full work) is reported too.
+while other work ran).
+
+Panoptic thresholds: with the swin-tiny random weights every query scores ~0.016 (1/134) and the
+score-weighted mask probabilities that `mask_threshold` is compared with (transformers' post-processing
+weighs them in place before that test) are ~0.008, so the defaults (0.8 / 0.5 / 0.8) keep no segment
+and segment building never runs. PRESETS holds, per --size, thresholds measured to keep a few
+segments (swin-tiny, 512x512: 3-4); both sides use them, and --threshold / --mask-threshold /
+--overlap-mask-area-threshold override them. The semantic task (always full work) is reported too.
 """
 from __future__ import annotations
 
@@ -52,6 +58,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 TASKS = ("panoptic", "semantic")
+# Panoptic thresholds per --size (threshold, mask_threshold, overlap_mask_area_threshold), measured on
+# the seeded random checkpoints to keep a few segments; the tiny test config keeps ~4 with the defaults.
+PRESETS = {"swin-tiny": {"threshold": 0.016, "mask_threshold": 0.009, "overlap_mask_area_threshold": 0.5},
+           "tiny": {"threshold": 0.8, "mask_threshold": 0.5, "overlap_mask_area_threshold": 0.8}}
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -79,9 +89,28 @@ def _graph_stats(url: str) -> tuple[int, int]:
     return int(stats["inference_stats"]["success"].get("count", 0)), int(stats.get("execution_count", 0))
 
 
+def encode_like_served(task: str, result) -> dict:
+    """What the served side sends after its post-processing, built from the processor's result: the
+    segment-id map as PNG and one COCO RLE mask per segment (`segserve.common.segments`' format)."""
+    from benchmarks import measure
+    from segserve.common import segments as codec
+
+    if task == "panoptic":
+        segment_map = np.maximum(result["segmentation"].numpy().astype(np.int32), 0)  # -1 (nothing found) -> 0
+        ids = [int(s["id"]) for s in result["segments_info"]]
+    else:  # semantic: one segment per label present, id = label + 1
+        segment_map = result.numpy().astype(np.int32) + 1
+        ids = np.unique(segment_map).tolist()
+    png = codec.encode_png(segment_map)
+    rles = measure.rle_masks(np.stack([segment_map == i for i in ids])) if ids else []
+    return {"segments": len(ids), "label_map_png_bytes": len(png),
+            "rle_counts_chars": sum(len(m["counts"]) for m in rles)}
+
+
 def pytorch_segmenter(checkpoint: Path, export_size: int):
-    """-> run(data, task, precision) for precision fp32 (eager) or bf16 (autocast): decode, the
-    processor, the forward, the processor's post-processing."""
+    """-> run(data, task, precision, thresholds) for precision fp32 (eager) or bf16 (autocast):
+    decode, the processor, the forward, the processor's post-processing (panoptic with `thresholds`),
+    then the label map PNG and per-segment RLE the served side sends."""
     from transformers import Mask2FormerImageProcessorPil
 
     from benchmarks import measure
@@ -91,7 +120,7 @@ def pytorch_segmenter(checkpoint: Path, export_size: int):
     models = {"fp32": model, "bf16": measure.AutocastBf16(model)}
     processor = Mask2FormerImageProcessorPil(size={"height": export_size, "width": export_size})
 
-    def run(data: bytes, task: str, precision: str = "fp32"):
+    def run(data: bytes, task: str, precision: str = "fp32", thresholds: dict | None = None):
         import torch
 
         with Image.open(io.BytesIO(data)) as opened:
@@ -100,20 +129,34 @@ def pytorch_segmenter(checkpoint: Path, export_size: int):
         with torch.no_grad():
             outputs = models[precision](pixel_values=inputs["pixel_values"])
         post = getattr(processor, f"post_process_{task}_segmentation")
-        return post(outputs, target_sizes=[(image.height, image.width)])[0]
+        extra = dict(thresholds or {}) if task == "panoptic" else {}
+        return encode_like_served(task, post(outputs, target_sizes=[(image.height, image.width)], **extra)[0])
 
     return run
 
 
-def _segments(task: str, result) -> int:
-    return len(result["segments_info"]) if task == "panoptic" else int(len(result.unique()))
+def served_work(response) -> dict:
+    return {"segments": len(response.segments), "label_map_png_bytes": len(response.label_map.png),
+            "rle_counts_chars": sum(len(s.mask.counts) for s in response.segments)}
+
+
+def segment_request(data: bytes, task: str, thresholds: dict):
+    from segserve.api import pb
+    from segserve.orchestrator.segment import TASK_ENUM
+
+    request = pb.SegmentRequest(image=data, task=TASK_ENUM[task])
+    if task == "panoptic":
+        for name, value in thresholds.items():
+            setattr(request, name, value)
+    return request
 
 
 SIDES = {"auto": "segserve_auto", "onnxruntime-fp32": "segserve_ort_fp32"}
 
 
-def latency(addresses: dict[str, str], pytorch, images: dict[str, bytes], runs: int) -> dict:
-    """Per image and task: the four sides interleaved, and the two segserve sides' agreement."""
+def latency(addresses: dict[str, str], pytorch, images: dict[str, bytes], runs: int, thresholds: dict) -> dict:
+    """Per image and task: the four sides interleaved (segserve through the raw stub, so that neither
+    side decodes its answer inside the timing), and the two segserve sides' agreement."""
     from benchmarks import measure
     from segserve.client import SegservClient
 
@@ -122,9 +165,10 @@ def latency(addresses: dict[str, str], pytorch, images: dict[str, bytes], runs: 
         clients = {c: stack.enter_context(SegservClient(addresses[c])) for c in SIDES}
         for name, data in images.items():
             for task in TASKS:
-                cases = {"pytorch_fp32_eager": lambda data=data, task=task: pytorch(data, task),
-                         "pytorch_bf16_autocast": lambda data=data, task=task: pytorch(data, task, "bf16"),
-                         **{SIDES[c]: (lambda c=c, data=data, task=task: clients[c].segment(data, task=task))
+                request = segment_request(data, task, thresholds)
+                cases = {"pytorch_fp32_eager": lambda data=data, task=task: pytorch(data, task, "fp32", thresholds),
+                         "pytorch_bf16_autocast": lambda data=data, task=task: pytorch(data, task, "bf16", thresholds),
+                         **{SIDES[c]: (lambda c=c, request=request: clients[c].stub.Segment(request))
                             for c in SIDES}}
                 last: dict = {}
                 times = {k: measure.spread(v) for k, v in measure.interleaved(cases, runs, after=last.__setitem__).items()}
@@ -136,23 +180,23 @@ def latency(addresses: dict[str, str], pytorch, images: dict[str, bytes], runs: 
                     "ratio_pytorch_over_segserve": measure.ratio(fp32, auto),
                     "ratio_bf16_autocast_over_segserve": measure.ratio(times["pytorch_bf16_autocast"]["median"], auto),
                     "ratio_pytorch_over_segserve_ort_fp32": measure.ratio(fp32, times["segserve_ort_fp32"]["median"]),
-                    "target_vs_fp32_eager": measure.target(fp32 / auto, 2.0),
                     "seconds": times,
-                    "segments": {"segserve_auto": len(last["segserve_auto"].segments),
-                                 "segserve_ort_fp32": len(last["segserve_ort_fp32"].segments),
-                                 "pytorch_fp32_eager": _segments(task, last["pytorch_fp32_eager"]),
-                                 "pytorch_bf16_autocast": _segments(task, last["pytorch_bf16_autocast"])},
-                    "agreement_auto_vs_ort_fp32": measure.segmentation_agreement(last["segserve_auto"],
-                                                                                 last["segserve_ort_fp32"]),
+                    "work_done": {**{SIDES[c]: served_work(last[SIDES[c]]) for c in SIDES},
+                                  "pytorch_fp32_eager": last["pytorch_fp32_eager"],
+                                  "pytorch_bf16_autocast": last["pytorch_bf16_autocast"]},
+                    "agreement_auto_vs_ort_fp32": measure.segmentation_agreement(
+                        SegservClient.parse_segmentation(last["segserve_auto"]),
+                        SegservClient.parse_segmentation(last["segserve_ort_fp32"])),
                 }
     return report
 
 
-def throughput(stack, data: bytes, clients: int, requests: int) -> dict:
+def throughput(stack, data: bytes, clients: int, requests: int, thresholds: dict) -> dict:
     from segserve.client import SegservClient
 
+    request = segment_request(data, "panoptic", thresholds)
     with SegservClient(stack.address) as client:
-        client.segment(data)  # warm-up
+        client.stub.Segment(request)  # warm-up
     before = _graph_stats(stack.triton.grpc_url)
 
     def worker(_):
@@ -160,7 +204,7 @@ def throughput(stack, data: bytes, clients: int, requests: int) -> dict:
             latencies = []
             for _ in range(requests):
                 start = time.perf_counter()
-                client.segment(data)
+                client.stub.Segment(request)
                 latencies.append(time.perf_counter() - start)
             return latencies
 
@@ -185,13 +229,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--requests", type=int, default=3, help="requests per client in the throughput runs")
     parser.add_argument("--threads", type=int, default=1, help="compute threads for PyTorch and each served graph")
+    for name in PRESETS["tiny"]:
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, help="panoptic; default: the --size preset")
     args = parser.parse_args(argv)
     from benchmarks import measure
 
     measure.check_rounds(parser, args.runs, "--runs")
     import torch
 
-    torch.set_num_threads(args.threads)
+    threads = measure.pin_threads(args.threads)
+    thresholds = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in PRESETS[args.size].items()}
 
     from segserve.export.mask2former import export_mask2former
     from segserve.orchestrator.settings import Settings
@@ -211,6 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
                   "export_size": export_size, "onnx_parity_max_abs_error": record.parity.get("max_abs_error"),
                   "export_or_cache_s": round(export_s, 1)},
         "machine": machine,
+        "threads": threads,
+        "panoptic_thresholds": thresholds,
     }
     pytorch = pytorch_segmenter(artifacts / "checkpoints" / f"mask2former-random-{args.size}", export_size)
     with tempfile.TemporaryDirectory(prefix="segserve-bench-m2f-") as tmp:
@@ -221,12 +270,11 @@ def main(argv: list[str] | None = None) -> dict:
         report["segserve"] = {SIDES[c]: served[c] for c in SIDES}
         with contextlib.ExitStack() as stack:
             running = {c: stack.enter_context(start_stack(tmp / c, tmp / f"triton-{c}", Settings())) for c in SIDES}
-            report["latency"] = latency({c: running[c].address for c in SIDES}, pytorch, images, args.runs)
-            batched_run = throughput(running["auto"], images["512x512"], args.clients, args.requests)
+            report["latency"] = latency({c: running[c].address for c in SIDES}, pytorch, images, args.runs,
+                                        thresholds)
+            batched_run = throughput(running["auto"], images["512x512"], args.clients, args.requests, thresholds)
         with start_stack(tmp / "auto-unbatched", tmp / "triton-unbatched", Settings()) as stack:
-            unbatched_run = throughput(stack, images["512x512"], args.clients, args.requests)
-    targets = {case: r["target_vs_fp32_eager"]["met"] for case, r in report["latency"].items()}
-    report["targets"] = {"vs_fp32_eager_plus_post": ">= 2.0", "met": targets, "all_met": all(targets.values())}
+            unbatched_run = throughput(stack, images["512x512"], args.clients, args.requests, thresholds)
     report["throughput_panoptic_512"] = {
         "clients": args.clients, "cpu_runtime": "auto", "unbatched_repository": unbatched["graphs"],
         "batched": batched_run, "unbatched": unbatched_run,

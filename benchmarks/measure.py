@@ -1,15 +1,20 @@
 """Measuring code shared by the benchmarks (one home: no copies in the scripts).
 
-- `interleaved(cases, rounds, warmup)`: every side warmed up, then `rounds` rounds that run each side
-  once (the order rotates per round), so that load from elsewhere on the machine falls on all sides
-  alike; `spread(times)`: median, quartiles, min/max of the runs.
+- `interleaved(cases, rounds, warmup)`: every side warmed up, then `rounds` (>= 5) rounds that run
+  each side once (the order rotates per round), so that load from elsewhere on the machine falls on
+  all sides alike; `spread(times)`: median, quartiles, min/max of the runs.
 - `bf16_autocast()`: the PyTorch bf16 reference, `torch.autocast("cpu", dtype=torch.bfloat16)`;
   `AutocastBf16(model)`: a model run so, its outputs back in fp32 for the same post-processing.
 - `build_served(...)`: a segserve repository for one CPU runtime choice (`auto` or ONNX Runtime
   fp32), recording what `auto` resolved to and what each graph's config says.
-- `target(...)`: a figure against its target from the issue, with `met`.
+- `pin_threads(n)`: the same compute threads on both sides (PyTorch here; the served graphs get
+  `n` from the builder), recorded in the JSON.
+- `TritonWire(stack)`: bytes of the ModelInfer messages the orchestrator really exchanges with Triton.
+- `rle_masks(binary)`: the COCO RLE the served side sends, for the in-process sides' post-processing.
 - agreement between two segserve outputs of the same requests: `mask_iou`, `iou_summary`,
   `match_detections` (text-to-mask), `segmentation_agreement` (Mask2Former).
+
+No targets here: a benchmark reports figures; goals live in the issues.
 """
 from __future__ import annotations
 
@@ -44,8 +49,10 @@ def spread(times: list[float], scale: float = 1.0, digits: int = 4) -> dict:
 
 def percentiles(times: list[float], scale: float = 1.0, digits: int = 3) -> dict:
     values = np.asarray(times, dtype=float) * scale
-    return {"p50": round(float(np.percentile(values, 50)), digits), "p99": round(float(np.percentile(values, 99)), digits),
-            "min": round(float(values.min()), digits), "max": round(float(values.max()), digits), "runs": len(values)}
+    q25, q50, q75, q99 = np.percentile(values, [25, 50, 75, 99])
+    return {"p50": round(float(q50), digits), "q25": round(float(q25), digits), "q75": round(float(q75), digits),
+            "p99": round(float(q99), digits), "min": round(float(values.min()), digits),
+            "max": round(float(values.max()), digits), "runs": len(values)}
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -82,14 +89,92 @@ def interleaved(cases: dict[str, Callable[[], object]], rounds: int, warmup: int
     return times
 
 
+def pin_threads(threads: int) -> dict:
+    """`threads` intra-op threads for PyTorch, as the served graphs get (ONNX Runtime
+    `intra_op_num_threads` / OpenVINO `INFERENCE_NUM_THREADS`, one stream, sequential graph
+    execution): so PyTorch's inter-op pool is 1 where it can still be set."""
+    import torch
+
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # settable once, before any parallel work
+        torch.set_num_interop_threads(1)
+    return {"pytorch_intra_op": torch.get_num_threads(), "pytorch_inter_op": torch.get_num_interop_threads(),
+            "served_graph_threads": threads}
+
+
+def rle_masks(binary: np.ndarray) -> list[dict]:
+    """Binary masks [..., H, W] -> COCO RLE, as the served side encodes them before answering."""
+    from segserve.common import rle
+
+    return [rle.encode(m) for m in np.asarray(binary).reshape(-1, *np.shape(binary)[-2:])]
+
+
+class TritonWire:
+    """Bytes of the ModelInfer requests and responses the orchestrator of a running stack exchanges
+    with Triton, measured on the real messages (their serialized protobuf size, the gRPC payload;
+    HTTP/2 framing not counted). Only calls made inside `record()` are counted."""
+
+    def __init__(self, stack):
+        import threading
+
+        import grpc
+        from tritonclient.grpc import service_pb2_grpc
+
+        wire = self
+        self._lock = threading.Lock()
+        self._recording = False
+        self._started = 0
+        self.calls: list[tuple[int, int | None]] = []
+
+        class Counter(grpc.UnaryUnaryClientInterceptor):
+            def intercept_unary_unary(self, continuation, details, request):
+                call = continuation(details, request)
+                if wire._recording and details.method.endswith("/ModelInfer"):
+                    sent = request.ByteSize()
+                    with wire._lock:
+                        wire._started += 1
+
+                    def done(future):
+                        try:
+                            received = future.result().ByteSize()
+                        except Exception:  # noqa: BLE001 - a failed call has no response message
+                            received = None
+                        with wire._lock:
+                            wire.calls.append((sent, received))
+
+                    call.add_done_callback(done)
+                return call
+
+        for replica in stack.orchestrator.service.pool.replicas():
+            client = replica.client
+            client._client_stub = service_pb2_grpc.GRPCInferenceServiceStub(
+                grpc.intercept_channel(client._channel, Counter()))
+
+    @contextlib.contextmanager
+    def record(self):
+        with self._lock:
+            self.calls, self._started = [], 0
+        self._recording = True
+        try:
+            yield self
+        finally:
+            self._recording = False
+
+    def summary(self) -> dict:
+        deadline = time.monotonic() + 2.0  # a response callback may land just after the RPC returned
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.calls) >= self._started:
+                    break
+            time.sleep(0.01)
+        with self._lock:
+            calls = list(self.calls)
+        return {"model_infer_calls": len(calls), "request_bytes": sum(s for s, _ in calls),
+                "response_bytes": sum(r or 0 for _, r in calls)}
+
+
 def ratio(numerator: float, denominator: float, digits: int = 3) -> float:
     return round(numerator / denominator, digits) if denominator else float("nan")
-
-
-def target(value: float, goal: float, at_least: bool = True) -> dict:
-    """`value` against `goal`: met when value >= goal (`at_least`) or value <= goal."""
-    return {"value": round(value, 3), "target": f"{'>=' if at_least else '<='} {goal}",
-            "met": bool(value >= goal if at_least else value <= goal)}
 
 
 @contextlib.contextmanager

@@ -43,5 +43,8 @@ def predict(model, rgb, points=None, labels=None, boxes=None, mask_input=None, m
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union; two empty masks have none (an error, not a perfect match)."""
     union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+    if union == 0:
+        raise ValueError("IoU of two empty masks: nothing was compared")
+    return float(np.logical_and(a, b).sum() / union)

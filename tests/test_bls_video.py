@@ -14,7 +14,8 @@ import pytest
 
 from benchmarks.gpu_check_video_state import compare_on_gpu, run_raw, session_script, state_arrays
 from segserve.common.synthetic_video import moving_shapes
-from tests.sam2_video_reference import compare, iou, run_reference, run_tracker
+from tests.sam2_video_reference import compare, iou, run_reference
+from tests.video_tracker_run import run_tracker
 from tests.test_video_prompts import served
 
 HW = (96, 128)
@@ -25,12 +26,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def video_artifacts(tmp_path_factory) -> Path:
-    from segserve.export.sam2_video import export_sam2_video
-
-    out = tmp_path_factory.mktemp("bls_video_artifacts")
-    export_sam2_video(None, out)
-    return out
+def video_artifacts(family_artifacts) -> Path:
+    return family_artifacts("sam2_video")
 
 
 @pytest.fixture(scope="module")

@@ -94,7 +94,7 @@ def test_launcher_reports_a_broken_repository(tmp_path):
         triton.start(timeout_s=60)
 
 
-def test_serve_command_runs_the_stack_and_stops_cleanly(embedded_repository, photo, tmp_path):
+def test_serve_command_runs_the_stack_and_stops_cleanly(embedded_repository, photo, photo_click_matches, tmp_path):
     import signal
     import time
 
@@ -113,7 +113,7 @@ def test_serve_command_runs_the_stack_and_stops_cleanly(embedded_repository, pho
             assert lines[-1], "".join(lines)
         with SegservClient(f"127.0.0.1:{ports['port']}") as c:
             assert c.healthy()
-            assert c.mask_from_prompt(image=photo, points=[(10, 10, 1)]).objects
+            photo_click_matches(c.mask_from_prompt(image=photo, points=[(10, 10, 1)]), 10, 10)
         assert "segserve_requests_total" in _metrics(f"http://127.0.0.1:{ports['metrics-port']}/metrics")
     finally:
         process.send_signal(signal.SIGINT)

@@ -206,7 +206,8 @@ def test_openvino_fp32_serves_the_masks_of_onnxruntime(sam2_artifacts, client, p
         assert len(got[key]) == len(masks)
         for expected, mask in zip(masks, got[key]):
             assert expected.shape == mask.shape
-            assert sam2_reference.iou(mask, expected) >= 0.99, key
+            if expected.any():  # (an IoU of two empty masks is undefined: those must be equal)
+                assert sam2_reference.iou(mask, expected) >= 0.99, key
             assert (mask == expected).mean() >= 0.999, key
 
 
@@ -225,7 +226,8 @@ def test_bf16_serves_masks_that_agree_with_fp32(sam2_artifacts, client, photo, t
     assert len(filled) >= 5, [m.mean() for m in references]
     with _served(repo, tmp_path / "triton") as served:
         got = [_masks(served.client, photo, p)[0] for p in prompts]
-    ious = np.array([sam2_reference.iou(a, b) for a, b in zip(got, references)])
+    # Two empty masks have no IoU: such prompts compare nothing and are left out (>= 5 are filled)
+    ious = np.array([sam2_reference.iou(a, b) for a, b in zip(got, references) if a.any() or b.any()])
     same = np.array([(a == b).mean() for a, b in zip(got, references)])
     summary = {"precision": expected, "iou_median": float(np.median(ious)), "iou_min": float(ious.min()),
                "iou": [round(float(x), 4) for x in ious], "identical_pixels_min": float(same.min())}

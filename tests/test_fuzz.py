@@ -40,7 +40,6 @@ import json
 import math
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,22 +107,12 @@ VIDEO_FRAMES = 6
 
 @pytest.fixture(scope="module")
 def fuzz_artifacts(request, tmp_path_factory) -> Path:
-    """SAM 2 (the session's export) plus SAM 2 video, Grounding DINO and Mask2Former, tiny and
-    random, in one folder (~45 s of exports on 2 CPU threads)."""
+    """SAM 2, SAM 2 video, Grounding DINO and Mask2Former, tiny and random, in one folder: the
+    session's `all_family_artifacts` (exported once, shared with the fleet suites)."""
     given_dir = os.environ.get("SEGSERVE_FUZZ_ARTIFACTS")
     if given_dir:
         return Path(given_dir)
-    from segserve.export.grounding_dino import export_grounding_dino
-    from segserve.export.mask2former import export_mask2former
-    from segserve.export.sam2_video import export_sam2_video
-
-    sam2 = request.getfixturevalue("sam2_artifacts")
-    out = tmp_path_factory.mktemp("fuzz_artifacts") / "artifacts"
-    shutil.copytree(sam2, out, copy_function=os.link)  # the manifest is replaced atomically, not edited
-    export_sam2_video(None, out)
-    export_grounding_dino(None, out)
-    export_mask2former(None, out)
-    return out
+    return request.getfixturevalue("all_family_artifacts")  # the session's export of every family
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gd_artifacts")
-    record = gd.export_grounding_dino(None, out)
-    return out, record
+def exported(family_artifacts):
+    """The session's Grounding DINO export (the same `export_grounding_dino(None, out)` call), in a
+    linked copy of its own: the cache test below exports into it again."""
+    out = family_artifacts("grounding_dino")
+    return out, Manifest(out).records["grounding_dino"]
 
 
 def test_random_checkpoint_has_tokenizer_at_real_special_ids(exported):
@@ -57,14 +58,9 @@ def test_manifest_record(exported):
     }
     assert record.outputs == {"logits": {"dtype": "float32", "shape": ["batch", 900, 256]},
                               "pred_boxes": {"dtype": "float32", "shape": ["batch", 900, 4]}}
-    # parity measured at export, element-wise: example + padded batch of 2 + a 256-token caption
-    assert record.parity["cases"] == 3
-    assert 0 < record.parity["max_abs_error"] < 1e-4
-    # and query-wise on full letterboxes, where TopK near-ties may swap a few queries
-    letterbox = record.parity["letterbox"]
-    assert letterbox["cases"] == 2 and letterbox["queries"] == 3 * 900
-    assert letterbox["queries_swapped_by_topk_near_ties"] <= 0.02 * letterbox["queries"]
-    assert 0 < letterbox["max_abs_error_other_queries"] < 1e-4
+    # The exporter's own parity measurement is recorded (provenance); its numbers are not evidence
+    # here: test_onnx_matches_unpatched_pytorch_end_to_end measures the graph itself.
+    assert {"cases", "max_abs_error", "letterbox"} <= set(record.parity)
     config = record.model_config
     assert config["image_size"] == s and config["max_text_len"] == 256 and config["num_queries"] == 900
     assert config["image_mean"] == list(grounding.IMAGE_MEAN) and config["image_std"] == list(grounding.IMAGE_STD)
@@ -125,22 +121,39 @@ def test_onnx_matches_unpatched_pytorch_end_to_end(exported):
     masked = np.isinf(ref_logits)
     assert masked.any() and np.all(logits[masked] == gd.MASKED_LOGIT)
     finite = np.where(masked, gd.MASKED_LOGIT, ref_logits)
-    # The two-stage query selection is a TopK over encoder scores: two proposals whose scores differ
-    # by ~1e-6 can swap places between runtimes, which changes those two queries completely (seen
-    # here once). Everything else must agree to the export tolerance.
-    same = (np.abs(logits - finite) <= 1e-4 + 1e-3 * np.abs(finite)).all(-1) & \
-        (np.abs(boxes - ref_boxes) <= 1e-5).all(-1)
-    assert same.mean() > 0.99, f"{(~same).sum()} of {same.size} queries differ"
-    # -1e4 instead of -inf changes no probability, hence no detection
+    # Per query: logits to 1e-4 (the export's parity tolerance; measured ~6e-6, logits up to ~8) and
+    # normalised boxes to 1e-5 (measured ~1e-7).
+    same = (np.abs(logits - finite) <= 1e-4).all(-1) & (np.abs(boxes - ref_boxes) <= 1e-5).all(-1)
+    # The two-stage query selection is a TopK over the encoder's proposal scores: two proposals whose
+    # scores differ by ~1e-6 can swap ranks between runtimes, and since query i pairs learned content i
+    # with the proposal of rank i, both queries then change completely (here: 2 of 1800, ranks 343/344,
+    # scores 7.4406510 vs 7.4406505). Every differing query must be shown to be such a swap: adjacent
+    # ranks, a near-tie in PyTorch's own top-k scores, and each one's box the other's.
+    swapped = set()
+    for row, query in zip(*np.nonzero(~same)):
+        if (row, query) in swapped:
+            continue
+        partner = query + 1
+        assert partner < same.shape[1] and not same[row, partner], f"query {row}/{query} differs alone"
+        top = ref.enc_outputs_class[row].max(-1).values.topk(same.shape[1]).values
+        assert float(top[query] - top[partner]) < 1e-5, f"queries {query}/{partner}: no near-tie, a real difference"
+        np.testing.assert_allclose(boxes[row, query], ref_boxes[row, partner], atol=1e-5)
+        np.testing.assert_allclose(boxes[row, partner], ref_boxes[row, query], atol=1e-5)
+        swapped |= {(row, query), (row, partner)}
+    assert len(swapped) <= 4, swapped  # a tie or two, not a pattern
+    # -1e4 instead of -inf changes no probability, hence no detection. Detections of every query but
+    # the swapped ones must be identical: same queries, phrases, scores, and boxes in original pixels
+    # to 1e-3 px (measured ~5e-5 px on boxes of a few hundred px, float32).
     options = {"box_threshold": 0.95, "text_threshold": 0.6}
     ours = grounding.select_boxes_batch(logits, boxes, text["input_ids"], pixels["original_sizes"], tokenizer.decode,
                                         **options)
     theirs = grounding.select_boxes_batch(ref_logits, ref_boxes, text["input_ids"], pixels["original_sizes"],
                                           tokenizer.decode, **options)
     for row, (a, b) in enumerate(zip(ours, theirs)):
-        a_ok = same[row, a.query_indices]
-        b_ok = same[row, b.query_indices]
-        assert a_ok.sum() > 0
+        a_ok = np.array([(row, q) not in swapped for q in a.query_indices], bool)
+        b_ok = np.array([(row, q) not in swapped for q in b.query_indices], bool)
+        assert a_ok.sum() >= 100  # hundreds of detections compared per image
         np.testing.assert_array_equal(a.query_indices[a_ok], b.query_indices[b_ok])
         assert [x for x, ok in zip(a.labels, a_ok) if ok] == [x for x, ok in zip(b.labels, b_ok) if ok]
-        np.testing.assert_allclose(a.boxes[a_ok], b.boxes[b_ok], rtol=1e-4, atol=1e-2)
+        np.testing.assert_allclose(a.scores[a_ok], b.scores[b_ok], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(a.boxes[a_ok], b.boxes[b_ok], rtol=0, atol=1e-3)

@@ -13,7 +13,7 @@ from segserve.export import mask2former as m2f
 from segserve.export.manifest import ChecksumMismatch, Manifest, sha256_checkpoint, sha256_file
 from segserve.export.onnx_export import ort_session
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 384  # the tiny model's default export size
 
 
@@ -33,10 +33,11 @@ def _scene(seed: int, height: int, width: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    out = tmp_path_factory.mktemp("m2f_artifacts")
-    record = m2f.export_mask2former(None, out)
-    return out, record
+def exported(family_artifacts):
+    """The session's Mask2Former export (the same `export_mask2former(None, out)` call), in a linked
+    copy of its own: the cache tests below export into it again."""
+    out = family_artifacts("mask2former")
+    return out, Manifest(out).records["mask2former"]
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +60,9 @@ def test_manifest_record(exported, checkpoint):
         "class_queries_logits": {"dtype": "float32", "shape": ["batch", queries, labels + 1]},
         "masks_queries_logits": {"dtype": "float32", "shape": ["batch", queries, SIZE // 4, SIZE // 4]},
     }
-    # parity measured at export (batch 1 and a batch of 2), against the unpatched PyTorch forward
-    parity = on_disk["parity"]
-    assert parity["cases"] == 2 and 0 <= parity["max_abs_error"] <= 1e-4
+    # The exporter's own parity measurement is recorded (provenance); the graph itself is measured by
+    # test_onnx_matches_pytorch_on_preprocessed_images, not by reading these numbers back.
+    assert {"cases", "max_abs_error"} <= set(on_disk["parity"])
     config = record.model_config
     assert config["image_size"] == SIZE and config["num_queries"] == queries
     assert config["id2label"] == {str(i): name for i, name in enumerate(m2f.TINY_LABELS)}
@@ -133,8 +134,15 @@ def test_checkpoint_directory_with_processor_config(checkpoint, tmp_path):
          "do_rescale": True, "do_normalize": True, "resample": 2, "size": {"shortest_edge": 384}}))
     record = m2f.export_mask2former(local, tmp_path / "out", image_size=128,
                                     expect_sha256=sha256_checkpoint(local))
-    assert record.random_weights is False and record.parity["max_abs_error"] <= 1e-4
+    assert record.random_weights is False
     assert record.inputs["pixel_values"]["shape"] == ["batch", 3, 128, 128]
+    # the graph at the new size, measured here against the checkpoint's PyTorch forward
+    pixel_values = np.random.default_rng(5).normal(size=(2, 3, 128, 128)).astype(np.float32)
+    with torch.no_grad():
+        expected = m2f.load_mask2former(local)(pixel_values=torch.from_numpy(pixel_values))
+    classes, masks = ort_session(tmp_path / "out" / record.file).run(None, {"pixel_values": pixel_values})
+    assert np.abs(classes - expected.class_queries_logits.numpy()).max() < 1e-4
+    assert np.abs(masks - expected.masks_queries_logits.numpy()).max() < 1e-4
     pre = record.model_config["preprocess"]
     assert pre["image_mean"] == [0.5] * 3 and pre["image_std"] == [0.25] * 3 and pre["resize"]["height"] == 128
     with pytest.raises(ValueError):

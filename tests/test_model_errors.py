@@ -194,12 +194,8 @@ def test_expired_session_is_not_found_from_the_model(image_triton, image_client,
 # ---- video tracker ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def video_artifacts(tmp_path_factory) -> Path:
-    from segserve.export.sam2_video import export_sam2_video
-
-    out = tmp_path_factory.mktemp("errors_video_artifacts")
-    export_sam2_video(None, out)
-    return out
+def video_artifacts(family_artifacts) -> Path:
+    return family_artifacts("sam2_video")
 
 
 @pytest.fixture(scope="module")

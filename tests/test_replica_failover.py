@@ -82,7 +82,7 @@ def _code(call, *args) -> grpc.StatusCode:
     return info.value.code()
 
 
-def test_a_start_refused_as_full_goes_to_the_next_replica(orchestrators, tritons, photo):
+def test_a_start_refused_as_full_goes_to_the_next_replica(orchestrators, tritons, photo, photo_click_matches):
     first, second = orchestrators
     x, y = tritons
     frames, _ = moving_shapes(2, *HW)
@@ -96,7 +96,7 @@ def test_a_start_refused_as_full_goes_to_the_next_replica(orchestrators, tritons
         video = a.video.start_session(list(frames))
         assert _replica_of(first, image.image_id, "image") == y.grpc_url
         assert _replica_of(first, video.session_id, "video") == y.grpc_url
-        assert a.mask_from_prompt(image_id=image.image_id, points=[(100, 100, 1)]).objects
+        photo_click_matches(a.mask_from_prompt(image_id=image.image_id, points=[(100, 100, 1)]), 100, 100)
         assert video.num_frames == 2 and (video.height, video.width) == HW
         # Every replica full now: Y by A's own count, X by its models' refusal.
         assert _code(a.open_image, photo) == grpc.StatusCode.RESOURCE_EXHAUSTED

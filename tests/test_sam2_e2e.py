@@ -91,3 +91,34 @@ def test_model_info_labels_random_weights(client, photo):
     assert opened.model.family == "sam2" and opened.model.random_weights
     info = client.model_info()
     assert info.triton_version and set(info.models[0].artifact_sha256) == {"sam2_image_encoder", "sam2_prompt_decoder"}
+
+
+def test_concurrent_images_each_get_their_own_masks(stack, sam2_torch_model, photo):
+    """Different images at once (the session model's sequence batcher may run them in one execute()):
+    each answer is Sam2Model's for its own image and prompt, so results crossed over would fail."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from skimage import data
+
+    from segserve.client import SegservClient
+
+    cases = [(photo, dict(points=[(120, 150, 1)])),
+             (np.ascontiguousarray(photo[::-1, ::-1]), dict(points=[(120, 150, 1)])),
+             (np.ascontiguousarray(data.coffee()[::2, ::2]), dict(boxes=[(60, 40, 250, 180)]))]
+    expected = [reference(sam2_torch_model, image, prompt) for image, prompt in cases]
+    # The same click on two images gives different reference masks: a swap would show.
+    assert sam2_reference.iou(expected[0][2][0, 0], expected[1][2][0, 0]) < 0.9
+    barrier = threading.Barrier(len(cases))
+
+    def call(case):
+        image, prompt = case
+        with SegservClient(stack.address) as c:
+            barrier.wait()
+            return c.mask_from_prompt(image=image, return_low_res_logits=True, **prompt)
+
+    with ThreadPoolExecutor(len(cases)) as pool:
+        results = list(pool.map(call, cases))
+    for (image, _), result, ref in zip(cases, results, expected):
+        assert (result.height, result.width) == image.shape[:2]
+        assert_matches(result, ref)

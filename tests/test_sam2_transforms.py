@@ -17,6 +17,28 @@ def test_preprocess_matches_reference_resize_and_normalise(shape):
     assert np.abs(ours - reference).max() < 1e-5
 
 
+@pytest.mark.parametrize("shape", [(96, 128), (480, 640), (17, 700)])
+def test_transforms_at_the_video_model_size(shape):
+    """The video model's 256x256 frame: segserve's preprocess, click scaling and mask upscale against
+    the video reference's own torch recipe (tests/sam2_video_reference.py)."""
+    from tests import sam2_video_reference as video_reference
+
+    rng = np.random.default_rng(sum(shape))
+    frames = rng.integers(0, 256, (2, *shape, 3), dtype=np.uint8)
+    ours = np.concatenate([sam2_transforms.preprocess(f, 256) for f in frames])
+    assert ours.shape == (2, 3, 256, 256)
+    assert np.abs(ours - video_reference.pixel_values(frames, 256).numpy()).max() < 1e-5
+    clicks = rng.random((5, 2)).astype(np.float32) * [shape[1], shape[0]]
+    np.testing.assert_allclose(sam2_transforms.to_model_coords(clicks, shape, 256),
+                               video_reference.model_coords(clicks, shape, 256).numpy(), rtol=1e-6, atol=1e-4)
+    logits = rng.normal(size=(3, 64, 64)).astype(np.float32) * 6
+    for low_res in logits:
+        expected = video_reference.masks_from_low_res(low_res, shape)
+        assert 0 < expected.sum() < expected.size
+        mismatched = np.count_nonzero(sam2_transforms.masks_from_logits(low_res, shape, 0.0) != expected)
+        assert mismatched <= 1e-4 * expected.size
+
+
 def test_preprocess_real_photo(photo):
     assert np.abs(sam2_transforms.preprocess(photo) - sam2_reference.pixel_values(photo).numpy()).max() < 1e-5
 

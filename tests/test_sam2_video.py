@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from segserve.common.synthetic_video import moving_shapes
-from tests.sam2_video_reference import compare, iou, run_reference, run_tracker
+from tests.sam2_video_reference import compare, iou, run_reference
+from tests.video_tracker_run import run_tracker
 
 TTL_S = 8.0
 MAX_SESSIONS = 8
@@ -22,13 +23,12 @@ MAX_OBJECTS = 4
 HW = (96, 128)
 
 
-@pytest.fixture(scope="module")
-def video_artifacts(tmp_path_factory) -> Path:
-    from segserve.export.sam2_video import export_sam2_video
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-    out = tmp_path_factory.mktemp("video_artifacts")
-    export_sam2_video(None, out)
-    return out
+
+@pytest.fixture(scope="module")
+def video_artifacts(family_artifacts) -> Path:
+    return family_artifacts("sam2_video")
 
 
 @pytest.fixture(scope="module")
@@ -77,24 +77,58 @@ SCRIPTS = {"correction": correction_script, "two_cond": two_conditioning_frames_
 
 @pytest.fixture(scope="module")
 def reference_results(video_model, clip):
-    torch.set_num_threads(1)
     frames, centres = clip
     return {name: run_reference(video_model, frames, script(centres)) for name, script in SCRIPTS.items()}
 
 
 def test_export_manifest(video_artifacts):
-    from segserve.export.manifest import Manifest
+    from segserve.export.manifest import Manifest, sha256_file
     from segserve.triton_models.sam2_video_core import GRAPH_NAMES
 
     manifest = Manifest(video_artifacts)
     for name in GRAPH_NAMES:
         record = manifest.records[name]
-        assert record.parity["max_abs_error"] < 2e-4, (name, record.parity)
-        assert record.parity["cases"] >= 2
+        assert record.sha256 == sha256_file(video_artifacts / record.file)
         assert record.model_config["family"] == "sam2_video" and record.random_weights
     attention = manifest.records["sam2_video_memory_attention"]
     assert attention.inputs["maskmem_features"]["shape"][0] == "frames"
     assert attention.inputs["object_pointers"]["shape"][0] == "pointers"
+
+
+def test_graphs_match_pytorch_on_fresh_inputs(video_artifacts):
+    """Each exported graph against the PyTorch module it was exported from, measured here on inputs
+    the exporter never saw (other seeds and shapes), not read back from the exporter's own record.
+    2e-4: float32 ONNX Runtime vs eager PyTorch through a few attention layers; values are of order 1-10."""
+    from segserve.export import sam2_video as sv
+    from segserve.export.manifest import Manifest
+    from segserve.export.onnx_export import ort_session
+
+    model = sv.load_sam2_video(video_artifacts / "checkpoints" / "sam2-video-random-tiny")
+    size = model.image_size
+    cases = {
+        sv.ENCODER: [{"pixel_values": torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(101))}],
+        sv.MEMORY_ATTENTION: [sv._memory_attention_case(model, 4, 3, seed=102),
+                              sv._memory_attention_case(model, 6, 0, seed=103)],
+        sv.DECODER: [sv._decoder_case(model, 3, True, seed=104), sv._decoder_case(model, 5, False, seed=105)],
+        sv.MEMORY_ENCODER: [sv._memory_encoder_case(model, 2, True, seed=106),
+                            sv._memory_encoder_case(model, 2, False, seed=107)],
+        sv.MASK_PROMPT: [sv._mask_prompt_case(model, seed=108)],
+    }
+    records = Manifest(video_artifacts).records
+    specs = sv.graph_specs(model)
+    assert sorted(s.name for s in specs) == sorted(cases)
+    for spec in specs:
+        session = ort_session(video_artifacts / records[spec.name].file, threads=1)
+        for case in cases[spec.name]:
+            with torch.no_grad():
+                expected = spec.module(**case)
+            expected = expected if isinstance(expected, (tuple, list)) else (expected,)
+            got = session.run(spec.output_names, {k: v.numpy() for k, v in case.items()})
+            assert len(got) == len(expected) == len(spec.output_names)
+            for name, a, b in zip(spec.output_names, got, expected):
+                b = b.numpy()
+                assert a.shape == b.shape and np.abs(b).max() > 1e-3, (spec.name, name)  # not all zeros
+                assert np.abs(a - b).max() < 2e-4, (spec.name, name, float(np.abs(a - b).max()))
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
@@ -120,6 +154,7 @@ def test_tracker_matches_transformers(video_artifacts, clip, reference_results, 
     for frame, objs in ours:
         by_frame.setdefault(frame, []).append(objs[1])
     assert any(iou(v[0], v[-1]) < 0.98 for v in by_frame.values() if len(v) > 1)
+    # (`compare` has already refused any empty or full reference mask, late_start's included.)
 
 
 # ---- served end to end -------------------------------------------------------------------------
@@ -219,14 +254,18 @@ def _code(call) -> grpc.StatusCode:
     return info.value.code()
 
 
-def test_bad_input_leaves_others_unharmed(vclient, clip):
-    from segserve.video_client import vpb
-
+def test_bad_input_leaves_others_unharmed(vclient, video_model, clip):
     frames, centres = clip
     video = vclient.video
     healthy = video.start_session(list(frames[:4]))
     video.add_prompts(healthy.session_id, 0, {7: {"points": [(*centres[1][0], 1)]}})
-    expected = [f.masks[7] for f in video.propagate(healthy.session_id)]
+    tracked = [(f.frame_index, f.masks) for f in video.propagate(healthy.session_id)]
+    expected = [masks[7] for _, masks in tracked]
+    # what the healthy session tracks before the faults is transformers' answer
+    reference = run_reference(video_model, frames[:4], [("prompt", 0, {7: ([centres[1][0]], [1])}),
+                                                        ("propagate", None, False)])
+    worst, count = compare(tracked, reference[1:])
+    assert count == 4 and worst >= 0.99, worst
 
     victim = video.start_session(list(frames[:3]))
     sid = victim.session_id
@@ -268,7 +307,6 @@ def test_bad_input_leaves_others_unharmed(vclient, clip):
     assert all(np.array_equal(a, b) for a, b in zip(expected, again)) and len(again) == len(expected)
     assert healthy.session_id in [s.session_id for s in video.list_sessions()]
     video.end_session(healthy.session_id)
-    assert isinstance(vpb.FrameMasks(), object)
 
 
 def test_expired_session_is_not_found(vclient, video_stack, clip):

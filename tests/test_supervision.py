@@ -69,11 +69,13 @@ def _zombie_triton(process: psutil.Process) -> bool:
         return False
 
 
-def _works(address: str, photo) -> None:
+def _works(address: str, photo, photo_click_matches) -> None:
+    """The stack answers again, and with the right mask (transformers' for the same click)."""
+    photo_click_matches.reference(200, 150)  # the PyTorch reference first, outside any deadline
     with SegservClient(address, timeout_s=60) as client:
         image = client.open_image(photo)
         result = client.mask_from_prompt(image_id=image.image_id, points=[(200, 150, 1)])
-        assert result.objects and result.objects[0].best.mask.shape == photo.shape[:2]
+        photo_click_matches(result, 200, 150)
         client.close_image(image.image_id)
 
 
@@ -91,7 +93,7 @@ def supervised(embedded_repository, tmp_path_factory):
         stack.stop()
 
 
-def test_sigstop_turns_health_not_serving_and_sigcont_recovers_without_restart(supervised, photo):
+def test_sigstop_turns_health_not_serving_and_sigcont_recovers_without_restart(supervised, photo, photo_click_matches):
     address, pid = supervised.address, supervised.triton.process.pid
     _wait_for(lambda: _health(address) == SERVING, 30, "SERVING before the test")
     os.kill(pid, signal.SIGSTOP)
@@ -108,12 +110,12 @@ def test_sigstop_turns_health_not_serving_and_sigcont_recovers_without_restart(s
     finally:
         os.kill(pid, signal.SIGCONT)
     recovered = _wait_for(lambda: _health(address) == SERVING, 10, "SERVING after SIGCONT")
-    _works(address, photo)
+    _works(address, photo, photo_click_matches)
     assert supervised.triton.process.pid == pid and supervised.supervisor.restarts == 0
     print(f"SIGSTOP -> NOT_SERVING in {flipped:.2f} s; SIGCONT -> SERVING in {recovered:.2f} s")
 
 
-def test_kill9_triton_is_cleaned_up_and_restarted(supervised, photo):
+def test_kill9_triton_is_cleaned_up_and_restarted(supervised, photo, photo_click_matches):
     address, triton = supervised.address, supervised.triton
     _wait_for(lambda: _health(address) == SERVING, 30, "SERVING before the test")
     with SegservClient(address, timeout_s=30) as client:
@@ -144,7 +146,7 @@ def test_kill9_triton_is_cleaned_up_and_restarted(supervised, photo):
     with SegservClient(address, timeout_s=30) as client, pytest.raises(grpc.RpcError) as failure:
         client.mask_from_prompt(image_id=open_session, points=[(200, 150, 1)])
     assert failure.value.code() == grpc.StatusCode.NOT_FOUND, failure.value
-    _works(address, photo)
+    _works(address, photo, photo_click_matches)
     print(f"kill -9 -> NOT_SERVING in {flipped:.2f} s, SERVING again in {recovered:.1f} s")
 
 
@@ -255,7 +257,7 @@ def test_triton_dies_with_a_killed_serve_and_its_regions_are_swept(embedded_repo
     assert not set(live) & set(removed) and all(p.exists() for p in live)
 
 
-def test_orchestrator_alone_follows_a_remote_triton(embedded_repository, tmp_path, photo):
+def test_orchestrator_alone_follows_a_remote_triton(embedded_repository, tmp_path, photo, photo_click_matches):
     triton = EmbeddedTriton(embedded_repository, tmp_path / "ws", free_port(), free_port(), free_port())
     triton.start(timeout_s=90)
     running = None
@@ -280,7 +282,7 @@ def test_orchestrator_alone_follows_a_remote_triton(embedded_repository, tmp_pat
         triton.start(timeout_s=90)  # same ports: Triton came back
         recovered = _wait_for(lambda: _health(running.address) == SERVING, RECOVERY_S, "SERVING by itself",
                               interval_s=0.1)
-        _works(running.address, photo)
+        _works(running.address, photo, photo_click_matches)
         print(f"Triton gone -> NOT_SERVING in {flipped:.2f} s; back -> SERVING in {recovered:.1f} s")
     finally:
         if running is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -26,15 +25,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def text_artifacts(sam2_artifacts, tmp_path_factory):
-    """The session's SAM 2 artifacts plus a tiny random Grounding DINO, in a folder of their own (the
+def text_artifacts(family_artifacts):
+    """SAM 2 and a tiny random Grounding DINO from the session's export, in a folder of their own (the
     other tests' repository stays SAM 2 only)."""
-    from segserve.export.grounding_dino import export_grounding_dino
-
-    out = tmp_path_factory.mktemp("text_artifacts") / "artifacts"
-    shutil.copytree(sam2_artifacts, out, copy_function=os.link)
-    export_grounding_dino(None, out)
-    return out
+    return family_artifacts("sam2", "grounding_dino")
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +88,42 @@ def test_text_to_mask_matches_pytorch(tclient, reference, photo, sam2_torch_mode
         assert len(obj.masks) == 1 and ref.any() and sam2_reference.iou(_mask(obj), ref) >= IOU_MIN
 
 
+def test_concurrent_images_each_get_their_own_answer(text_stack, text_artifacts, reference, photo, sam2_torch_model):
+    """Two different images at once with one caption (Grounding DINO's dynamic batcher may join them):
+    each answer is the reference's for its own image, so results crossed over would fail."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from segserve.client import SegservClient
+
+    flipped = np.ascontiguousarray(photo[:, ::-1])
+    cases = []
+    for image, (detect, scores) in ((photo, reference), (flipped, grounding_detector(text_artifacts, flipped, CAPTION))):
+        threshold = _thresholds(scores, 4)
+        boxes, ref_scores, phrases = detect(threshold, 0.5)
+        assert len(boxes) == 4
+        masks = sam2_reference.predict(sam2_torch_model, image, boxes=boxes)[2][:, 0]
+        cases.append((image, threshold, boxes, ref_scores, phrases, masks))
+    # the two images' boxes differ, so a swap would show
+    assert np.abs(cases[0][2] - cases[1][2]).max() > 10
+    barrier = threading.Barrier(len(cases))
+
+    def call(case):
+        with SegservClient(text_stack.address) as c:
+            barrier.wait()
+            return c.mask_from_text(case[0], CAPTION, box_threshold=case[1], text_threshold=0.5, max_objects=100,
+                                    nms_iou_threshold=1.0)
+
+    with ThreadPoolExecutor(len(cases)) as pool:
+        results = list(pool.map(call, cases))
+    for result, (_, _, boxes, ref_scores, phrases, masks) in zip(results, cases):
+        assert [o.phrase for o in result.objects] == phrases
+        np.testing.assert_allclose([o.detection_score for o in result.objects], ref_scores, rtol=1e-4)
+        np.testing.assert_allclose([o.box for o in result.objects], boxes, rtol=1e-3, atol=1e-2)
+        for obj, ref in zip(result.objects, masks):
+            assert len(obj.masks) == 1 and sam2_reference.iou(_mask(obj), ref) >= IOU_MIN
+
+
 def test_detect_with_nms_and_top_k(tclient, reference, photo):
     from segserve.common.grounding import class_aware_nms
 
@@ -120,10 +150,28 @@ def test_nothing_detected_is_an_empty_result(tclient, photo):
     assert tclient.detect(photo, CAPTION, box_threshold=1.0) == []
 
 
-def test_defaults_and_max_objects(tclient, photo):
-    result = tclient.mask_from_text(photo, "red ball", max_objects=3)
-    assert len(result.objects) <= 3
-    assert all(0.35 < o.detection_score <= 1 for o in result.objects)  # the server's box_threshold
+def _box_iou(a, b) -> float:
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_defaults_and_max_objects(tclient, reference, photo, sam2_torch_model):
+    """No thresholds given: the server's defaults (box 0.35, text 0.25, NMS IoU 0.5), cut to max_objects=3.
+    Expected: the processor's detections at those thresholds, best three."""
+    detect, _ = reference
+    boxes, scores, phrases = detect(0.35, 0.25)
+    assert len(boxes) > 3  # more than max_objects: the cut is what is tested
+    # No two of the best three share a phrase and overlap beyond 0.5, so NMS keeps all three and they
+    # are the expected answer without running any NMS here.
+    assert all(phrases[i] != phrases[j] or _box_iou(boxes[i], boxes[j]) <= 0.5 for i in range(3) for j in range(i))
+    result = tclient.mask_from_text(photo, CAPTION, max_objects=3)
+    assert [o.phrase for o in result.objects] == phrases[:3]
+    np.testing.assert_allclose([o.detection_score for o in result.objects], scores[:3], rtol=1e-4)
+    np.testing.assert_allclose([o.box for o in result.objects], boxes[:3], rtol=1e-3, atol=1e-2)
+    _, _, ref_masks = sam2_reference.predict(sam2_torch_model, photo, boxes=boxes[:3], multimask=False)
+    for obj, ref in zip(result.objects, ref_masks[:, 0]):
+        assert sam2_reference.iou(_mask(obj), ref) >= IOU_MIN
 
 
 def _code(call) -> tuple[grpc.StatusCode, str]:

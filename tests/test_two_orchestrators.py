@@ -4,7 +4,6 @@ calls sent to one orchestrator. Sessions are adopted on first use, and closing o
 either orchestrator ENDs it in Triton, so the other then answers NOT_FOUND."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import grpc
@@ -22,14 +21,9 @@ NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
 
 @pytest.fixture(scope="module")
-def artifacts(sam2_artifacts, tmp_path_factory) -> Path:
-    """SAM 2 image (the session's shared export) and SAM 2 video side by side."""
-    from segserve.export.sam2_video import export_sam2_video
-
-    out = tmp_path_factory.mktemp("two_orchestrators_artifacts") / "artifacts"
-    shutil.copytree(sam2_artifacts, out)
-    export_sam2_video(None, out)
-    return out
+def artifacts(family_artifacts) -> Path:
+    """SAM 2 image and SAM 2 video side by side (the session's shared export)."""
+    return family_artifacts("sam2", "sam2_video")
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +180,11 @@ def test_an_adopted_video_session_is_not_counted_against_the_adopter(orchestrato
 
 
 def test_sessions_used_only_through_the_other_orchestrator_outlive_the_openers_idle_time(orchestrators, clients,
-                                                                                            photo):
+                                                                                            photo, photo_click_matches):
     """No affinity: a client may keep using a session through B long after A, which opened it, last
     saw it. A's idle time says nothing then: A forgets the session without ENDing it while the model
     (whose TTL sees every use) still holds it, and serves it again by adopting it."""
+    photo_click_matches.reference(100, 100)  # the PyTorch reference first, outside the timed part
     import time
 
     a, b = clients
@@ -205,7 +200,7 @@ def test_sessions_used_only_through_the_other_orchestrator_outlive_the_openers_i
         point = {1: {"points": [(*centres[1][0], 1)]}}
         for _ in range(3):
             time.sleep(0.6)
-            assert b.mask_from_prompt(image_id=opened.image_id, points=[(100, 100, 1)]).objects
+            photo_click_matches(b.mask_from_prompt(image_id=opened.image_id, points=[(100, 100, 1)]), 100, 100)
             assert b.video.add_prompts(started.session_id, 0, point).masks[1].any()
         time.sleep(1.2)
         # A's expiry passes (any call runs them) find both idle here: Triton still holds them, so no END.
@@ -213,9 +208,9 @@ def test_sessions_used_only_through_the_other_orchestrator_outlive_the_openers_i
         a.video.list_sessions()
         assert images.held() == 0, "A still holds the image session"  # forgotten here ...
         assert video.sessions.held() == 0, "A still holds the video session"
-        assert b.mask_from_prompt(image_id=opened.image_id, points=[(100, 100, 1)]).objects  # ... not ended
+        photo_click_matches(b.mask_from_prompt(image_id=opened.image_id, points=[(100, 100, 1)]), 100, 100)  # not ended
         assert b.video.add_prompts(started.session_id, 1, point).masks[1].any()
-        assert a.mask_from_prompt(image_id=opened.image_id, points=[(100, 100, 1)]).objects  # adopted again
+        photo_click_matches(a.mask_from_prompt(image_id=opened.image_id, points=[(100, 100, 1)]), 100, 100)  # adopted
         assert a.video.add_prompts(started.session_id, 2, point).masks[1].any()
     finally:
         images.ttl_s, video._params["session_ttl_s"] = saved
