@@ -38,6 +38,9 @@ def render(out: Path = REPOSITORY, recorded: Path = RECORDED) -> list[Path]:
         shutil.rmtree(folder, ignore_errors=True)
         build_repository(recorded, folder, target, cpu_runtime="onnxruntime", graph_files=False,
                          options={"cpu_cores": CPU_CORES, "runtime_digest": RUNTIME_DIGEST})
+        # Git keeps no empty folder, and Triton needs an ensemble's (empty) version folder 1/.
+        for empty in [d for d in folder.rglob("*") if d.is_dir() and not any(d.iterdir())]:
+            (empty / ".gitkeep").touch()
     return files(out)
 
 
