@@ -40,6 +40,7 @@ bench: setup
 	$(PY) benchmarks/mask2former.py --out out/bench_mask2former.json
 	$(PY) benchmarks/text_to_mask.py --out out/bench_text_to_mask.json
 	$(PY) benchmarks/video.py --out out/bench_video.json
+	$(PY) benchmarks/concurrency.py --out out/bench_concurrency.json
 
 # On a machine with an NVIDIA GPU: TensorRT (the fleet image's version, `gpu` extra) and CuPy, every
 # engine built from real-size random weights and parity-gated, the `gpu` tests, and the engine vs

@@ -117,7 +117,8 @@ def test_configs_carry_each_models_graphs_threads_and_cache(sam2_artifacts, tmp_
     encoder, decoder, session = (_parameters(configs[n]) for n in (*SAM2_GRAPHS, "sam2_image_session"))
     assert json.loads(encoder["graph_runtime"]) == {"sam2_image_encoder": {"runtime": "openvino", "precision": "fp32"}}
     assert json.loads(decoder["graph_runtime"]) == {"sam2_prompt_decoder": {"runtime": "openvino", "precision": "fp32"}}
-    assert set(json.loads(session["graph_runtime"])) == set(SAM2_GRAPHS)  # the session runs both in process
+    # The session runs the decoder in process; the encoder is its own model (BLS, off the click path).
+    assert set(json.loads(session["graph_runtime"])) == {"sam2_prompt_decoder"}
     # Three instances run graphs in process (encoder, decoder, session): 12 cores // 3.
     assert {p["graph_threads"] for p in (encoder, decoder, session)} == {"4"}
     assert {p["graph_cache_dir"] for p in (encoder, decoder, session)} == {DEFAULT_GRAPH_CACHE}
@@ -266,12 +267,13 @@ def test_compiled_models_are_cached_across_a_triton_restart(sam2_artifacts, tmp_
     assert not cache.exists()
     first_ready, first = _start_and_stop(repo, tmp_path / "triton")
     entries = _cache_entries(cache)
-    # Encoder and decoder, each compiled once by its graph model and once by the session (same blob).
-    assert len(first) == 4 and {g for _, g, _, _ in first} == set(SAM2_GRAPHS), first
+    # Encoder and decoder, each compiled once by its graph model, and the decoder once more by the
+    # session (same blob; the session calls the encoder model through BLS).
+    assert len(first) == 3 and sorted(g for _, g, _, _ in first) == sorted([*SAM2_GRAPHS, "sam2_prompt_decoder"]), first
     assert len(entries) >= 2, entries
     second_ready, second = _start_and_stop(repo, tmp_path / "triton")
     assert _cache_entries(cache) == entries  # nothing compiled, nothing rewritten
-    assert len(second) == 4 and all(hit for *_, hit in second), second
+    assert len(second) == 3 and all(hit for *_, hit in second), second
     first_s, second_s = sum(s for _, _, s, _ in first), sum(s for _, _, s, _ in second)
     figures = {"first_load_s": round(first_s, 3), "cached_load_s": round(second_s, 3),
                "first_ready_s": round(first_ready, 2), "cached_ready_s": round(second_ready, 2),

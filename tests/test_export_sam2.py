@@ -27,7 +27,54 @@ def test_manifest_lists_every_artifact_with_provenance(sam2_artifacts):
     assert encoder["outputs"]["image_embeddings"]["shape"] == ["batch", 64, 64, 64]
     decoder = records[DECODER]
     assert decoder["inputs"]["point_coords"]["shape"] == ["prompts", "points", 2]
+    assert decoder["inputs"]["image_embeddings"]["shape"] == ["images", 64, 64, 64]  # 1 or one per prompt
     assert decoder["outputs"]["multi_masks"]["shape"] == ["prompts", 3, 256, 256]
+    assert decoder["settings"]["graph"] == "batch-v1"
+
+
+def test_decoder_graph_decodes_a_batch_of_images_as_one_prompt_at_a_time(sam2_artifacts):
+    """The exported decoder (ONNX Runtime) given one image per prompt, prompts of different point
+    counts padded with absent points and different mask inputs, gives every prompt what it gives
+    alone on its own image."""
+    import numpy as np
+
+    from segserve.common.sam2_transforms import ABSENT_LABEL
+    from segserve.export.onnx_export import ort_session
+
+    session = ort_session(sam2_artifacts / "sam2_prompt_decoder.onnx")
+    rng = np.random.default_rng(0)
+    images = {"image_embeddings": rng.normal(size=(3, 64, 64, 64)), "high_res_feats_0": rng.normal(size=(3, 8, 256, 256)),
+              "high_res_feats_1": rng.normal(size=(3, 16, 128, 128))}
+    images = {k: v.astype(np.float32) for k, v in images.items()}
+    prompts = [  # (coords, labels) per image: a click + pad, a box + pad, two clicks + box + pad
+        (np.array([[300.0, 200.0], [0.0, 0.0]]), np.array([1, -1])),
+        (np.array([[100.0, 150.0], [600.0, 800.0], [0.0, 0.0]]), np.array([2, 3, -1])),
+        (np.array([[320.0, 410.0], [700.0, 90.0], [100.0, 150.0], [600.0, 800.0], [0.0, 0.0]]), np.array([1, 0, 2, 3, -1])),
+    ]
+    masks = (rng.normal(size=(3, 1, 256, 256)) * 4).astype(np.float32)
+    has_mask = np.array([0.0, 1.0, 1.0], np.float32)
+    names = [o.name for o in session.get_outputs()]
+    solo = []
+    for i, (coords, labels) in enumerate(prompts):
+        feeds = {k: v[i:i + 1] for k, v in images.items()}
+        feeds.update(point_coords=coords[None].astype(np.float32), point_labels=labels[None].astype(np.int32),
+                     mask_input=masks[i:i + 1], has_mask_input=has_mask[i:i + 1])
+        solo.append(session.run(names, feeds))
+    width = max(len(labels) for _, labels in prompts)
+    coords = np.zeros((3, width, 2), np.float32)
+    labels = np.full((3, width), ABSENT_LABEL, np.int32)
+    for i, (c, lab) in enumerate(prompts):
+        coords[i, :len(lab)], labels[i, :len(lab)] = c, lab
+    batched = session.run(names, {**images, "point_coords": coords, "point_labels": labels, "mask_input": masks,
+                                  "has_mask_input": has_mask})
+    for i in range(3):
+        assert np.abs(solo[i][0]).mean() > 0.1  # logits of order 1: a real comparison
+        for got, want in zip(batched, solo[i]):
+            np.testing.assert_allclose(got[i:i + 1], want, atol=1e-4, rtol=0)
+    # and the padding matters: the same prompts padded with pad points (-1) instead differ
+    padded = session.run(names, {**images, "point_coords": coords, "point_labels": np.where(labels == ABSENT_LABEL, -1, labels),
+                                 "mask_input": masks, "has_mask_input": has_mask})
+    assert np.abs(padded[0][0] - solo[0][0][0]).max() > 1e-3
 
 
 def test_second_export_reuses_cached_graphs(sam2_artifacts, capsys):

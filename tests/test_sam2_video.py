@@ -90,9 +90,16 @@ def test_export_manifest(video_artifacts):
         record = manifest.records[name]
         assert record.sha256 == sha256_file(video_artifacts / record.file)
         assert record.model_config["family"] == "sam2_video" and record.random_weights
+    # every object of a frame in one call: objects first, then each object's memories / pointers;
+    # the frame's features once (broadcast) or per object
     attention = manifest.records["sam2_video_memory_attention"]
-    assert attention.inputs["maskmem_features"]["shape"][0] == "frames"
-    assert attention.inputs["object_pointers"]["shape"][0] == "pointers"
+    assert attention.inputs["maskmem_features"]["shape"][:2] == ["objects", "frames"]
+    assert attention.inputs["object_pointers"]["shape"][:2] == ["objects", "pointers"]
+    assert attention.inputs["vision_feat"]["shape"][0] == "images"
+    decoder = manifest.records["sam2_video_decoder"]
+    assert decoder.inputs["point_coords"]["shape"][:2] == ["objects", "points"]
+    assert decoder.inputs["feat_s0"]["shape"][0] == "images" and decoder.outputs["low_res_mask"]["shape"][0] == "objects"
+    assert attention.parity["cases"] >= 6 and decoder.parity["cases"] >= 5  # batched cases checked too
 
 
 def test_graphs_match_pytorch_on_fresh_inputs(video_artifacts):
@@ -232,20 +239,24 @@ def test_concurrent_sessions_match_solo(vclient, video_stack, clip):
     for k in range(6):
         worst, count = compare(together[k], solo[k])
         assert worst == 1.0 and count >= 10, (k, worst)
-    # Triton ran requests of several sessions in one execute() (Oldest sequence batching).
+    # Triton ran requests of several sessions in one execute() (Oldest sequence batching), and the
+    # tracker computed STEPs of several sessions together (`step_many`), each still equal to solo.
     requests, executions = after[0] - before[0], after[1] - before[1]
     assert requests >= 6 * 12 and executions < requests, (requests, executions)
+    assert after[2] > before[2], "no STEPs of several sessions were computed together"
 
 
-def _tracker_counts(stack) -> tuple[float, float]:
+def _tracker_counts(stack) -> tuple[float, float, float]:
     import urllib.request
 
     text = urllib.request.urlopen(stack.triton.metrics_url, timeout=10).read().decode()
     values = {}
     for line in text.splitlines():
-        if line.startswith(("nv_inference_count{", "nv_inference_exec_count{")) and 'model="sam2_video_tracker"' in line:
+        if line.startswith(("nv_inference_count{", "nv_inference_exec_count{", "segserve_triton_video_steps_together{")) \
+                and 'model="sam2_video_tracker"' in line:
             values[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
-    return values.get("nv_inference_count", 0.0), values.get("nv_inference_exec_count", 0.0)
+    return (values.get("nv_inference_count", 0.0), values.get("nv_inference_exec_count", 0.0),
+            values.get("segserve_triton_video_steps_together", 0.0))
 
 
 def _code(call) -> grpc.StatusCode:

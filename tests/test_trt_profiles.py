@@ -92,7 +92,9 @@ def test_opt_is_the_common_case(manifest):
     assert decoder["point_coords"][1] == (1, 2, 2)  # one click + pad
     assert profiles_for(manifest, "sam2_image_encoder")[0]["pixel_values"][1] == (1, 3, 1024, 1024)
     attention = profiles_for(manifest, "sam2_video_memory_attention")[0]
-    assert attention["maskmem_features"][1][0] == 7 and attention["object_pointers"][1][0] == 16
+    # one object per call at opt ([objects, frames, ...]), the frame's features once
+    assert attention["maskmem_features"][1][:2] == (1, 7) and attention["object_pointers"][1][:2] == (1, 16)
+    assert attention["vision_feat"][1][0] == 1
 
 
 # ----------------------------------------------------------------------------- image graphs
@@ -126,8 +128,24 @@ def test_decoder_covers_every_interactive_prompt(manifest, limits):
                 coords, point_labels = sam2_transforms.build_prompts(xy, labels, box, hw)
                 seen.add((coords.shape, point_labels.shape))
     for coords, point_labels in seen:
-        shapes = _fixed(manifest, "sam2_prompt_decoder", point_coords=coords, point_labels=point_labels)
+        shapes = _decoder_shapes(manifest, coords, point_labels)
         assert _inside(manifest, "sam2_prompt_decoder", shapes), coords
+    # The image session's batch: the requests of up to `image_batch` sessions in one call, one image
+    # per prompt, padded to the longest prompt (up to every box of clicks + 2 corners + pad each).
+    assert limits.image_batch == 8
+    for sessions in range(2, limits.image_batch + 1):
+        for prompts in (sessions, sessions * limits.image_boxes):
+            for points in (2, limits.image_points + 3):
+                shapes = _decoder_shapes(manifest, (prompts, points, 2), (prompts, points), images=prompts)
+                assert _inside(manifest, "sam2_prompt_decoder", shapes), (sessions, prompts, points)
+
+
+def _decoder_shapes(manifest, coords, labels, images: int = 1) -> dict[str, tuple[int, ...]]:
+    """The decoder's input shapes for prompts `coords` / `labels` on `images` images (1: every prompt
+    on one image; else one image per prompt)."""
+    record = manifest.records["sam2_prompt_decoder"].inputs
+    per_image = {n: (images, *info["shape"][1:]) for n, info in record.items() if info["shape"][0] == "images"}
+    return _fixed(manifest, "sam2_prompt_decoder", point_coords=tuple(coords), point_labels=tuple(labels), **per_image)
 
 
 def test_decoder_covers_automask_batches_and_text_to_mask(manifest, limits):
@@ -146,8 +164,8 @@ def test_decoder_covers_automask_batches_and_text_to_mask(manifest, limits):
     for count in range(0, limits.text_objects + 1):
         coords, labels = detection_prompts(np.tile(np.array([[1, 2, 30, 40]], np.float32), (count, 1)), (480, 640), 1024)
         sent.append((coords.shape, labels.shape))
-    for coords, labels in sent:
-        shapes = _fixed(manifest, "sam2_prompt_decoder", point_coords=coords, point_labels=labels)
+    for coords, labels in sent:  # a request of many prompts is a decoder call of its own, on one image
+        shapes = _decoder_shapes(manifest, coords, labels)
         assert _inside(manifest, "sam2_prompt_decoder", shapes), coords
 
 
@@ -237,8 +255,11 @@ def test_tracker_calls_fit_the_profiles_at_their_limits(manifest, limits):
     graphs.calls[:0] = calls
     assert {n for n, _ in graphs.calls} == set(GRAPH_NAMES)
     attention = [s for n, s in graphs.calls if n == "sam2_video_memory_attention"]
-    assert max(s["maskmem_features"][0] for s in attention) == limits.memory_frames()
-    assert max(s["object_pointers"][0] for s in attention) == limits.pointers()
+    assert max(s["maskmem_features"][1] for s in attention) == limits.memory_frames()
+    assert max(s["object_pointers"][1] for s in attention) == limits.pointers()
+    # every object of a frame in one call (all prompted alike: one shape group)
+    assert max(s["maskmem_features"][0] for s in attention) == limits.video_objects
+    assert max(s["pix_feat"][0] for n, s in graphs.calls if n == "sam2_video_decoder") == limits.video_objects
     assert max(s["vision_feat"][0] for n, s in graphs.calls if n == "sam2_video_memory_encoder") == limits.video_objects
     assert max(s["point_coords"][1] for n, s in graphs.calls if n == "sam2_video_decoder") == limits.video_points + 3
     _assert_covered(manifest, graphs)
@@ -251,7 +272,7 @@ def test_tracker_sends_no_object_pointer_for_an_object_prompted_later(manifest, 
     tracker.add_prompts(session, 4, [2], [_click()])  # object 2 exists only from frame 4 on
     graphs.calls.clear()
     tracker.step(session, 1)
-    pointers = [s["object_pointers"][0] for n, s in graphs.calls if n == "sam2_video_memory_attention"]
+    pointers = [s["object_pointers"][1] for n, s in graphs.calls if n == "sam2_video_memory_attention"]
     assert 0 in pointers
     _assert_covered(manifest, graphs)
 

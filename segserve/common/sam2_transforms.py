@@ -17,6 +17,9 @@ IMAGE_SIZE = 1024
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 PAD_LABEL = -1
+# Not a point: pads a prompt to a batch's common point count; the decoder graph leaves it out of
+# attention, so a padded prompt gives what it gives alone (`segserve.export.sam2`).
+ABSENT_LABEL = -10
 BOX_LABELS = (2, 3)
 
 

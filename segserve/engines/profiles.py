@@ -11,11 +11,15 @@ tracker's own limits (`Limits`, read from the code):
 - `sam2_prompt_decoder` [prompts, points]: an interactive prompt is one prompt of clicks + a pad
   point, or one prompt per box of clicks + 2 corners + pad (`build_prompts`); automatic masks send
   batches of single clicks + pad; text-to-mask one box (2 corners + pad) per detection. Two
-  profiles, so that one click stays fast: interactive (few prompts, many points) and batched (many
-  prompts of 2-3 points).
-- video graphs, as the tracker (`sam2_video_core`) calls them: the encoder one frame, the decoder
-  one object (clicks + box corners + pad), the memory encoder every object computed on a frame
-  (up to the tracker's `max_objects`), memory attention `frames` = selected conditioning frames +
+  profiles, so that one click stays fast: interactive (few prompts, many points; the clicks of up
+  to `image_batch` sessions, the session model's `max_batch_size`, decoded together with one
+  image per prompt) and batched (many prompts of 2-3 points on one image).
+- video graphs, as the tracker (`sam2_video_core`) calls them: the encoder the frames of the STEP
+  requests of one execute() (up to the tracker's `max_batch_size`), the decoder and memory
+  attention every object of a frame with the same shapes (`objects`, up to the tracker's
+  `max_objects` per call; clicks + box corners + pad), the frame's features once or, for objects
+  of several sessions, once per object (`images`: 1 or `objects`), the memory encoder every object
+  computed on a frame (up to `max_objects` per call), memory attention `frames` = selected conditioning frames +
   up to `num_maskmem - 1` recent ones and `pointers` = conditioning frames not in the future + up
   to `min(num_frames, max_object_pointers_in_encoder) - 1` recent ones (0 is possible: an object
   prompted only on a later frame).
@@ -88,9 +92,11 @@ class Limits:
     prompted_frames: int = PROMPTED_FRAMES
     # From the repository description (`segserve.repository.description`), built with `options`.
     encoder_batch: int | None = None
+    image_batch: int | None = None  # requests (sessions) whose clicks one image-session decoder call takes
     grounding_batch: int | None = None
     mask2former_batch: int | None = None
     video_objects: int | None = None  # the tracker's max_objects
+    video_steps: int | None = None  # STEP requests one tracker execute() computes together (its max_batch_size)
     video_frames: int | None = None  # the tracker's max_frames
     # From the video model config.
     num_maskmem: int | None = None
@@ -107,9 +113,11 @@ class Limits:
         tracker = specs.get("sam2_video_tracker")
         found = {
             "encoder_batch": _batch(specs, "sam2_image_encoder"),
+            "image_batch": _batch(specs, "sam2_image_session") or 1,
             "grounding_batch": _batch(specs, "grounding_dino"),
             "mask2former_batch": _batch(specs, "mask2former"),
             "video_objects": int(tracker.parameters["max_objects"]) if tracker else None,
+            "video_steps": max(1, tracker.max_batch_size) if tracker else None,
             "video_frames": int(tracker.parameters["max_frames"]) if tracker else None,
             "num_maskmem": int(video.get("num_maskmem", 7)),
             "max_object_pointers": int(video.get("max_object_pointers_in_encoder", 16)),
@@ -157,22 +165,27 @@ def _axis_ranges(name: str, manifest: Manifest, limits: Limits) -> list[dict[str
         return [{"batch": (1, 1, limits.grounding_batch), "text_len": (1, min(TEXT_TOKENS_OPT, tokens), tokens)}]
     if name == "sam2_prompt_decoder":
         # points: clicks + pad (mask only: the pad alone), or clicks + 2 box corners + pad
-        interactive = {"prompts": (1, 1, limits.image_boxes), "points": (1, 2, limits.image_points + 3)}
-        # automatic masks: one click + pad per prompt; text-to-mask: one box (2 corners + pad) per object
+        # The image session decodes the clicks of up to its max_batch_size requests (sessions) in one
+        # call, one image per prompt (`images` = `prompts`) when they are several, else one image.
+        clicks = limits.image_boxes * limits.image_batch
+        interactive = {"prompts": (1, 1, clicks), "points": (1, 2, limits.image_points + 3), "images": (1, 1, clicks)}
+        # automatic masks: one click + pad per prompt; text-to-mask: one box (2 corners + pad) per object;
+        # on one image each (the session decodes a request of more than `image_boxes` prompts alone)
         batched = {"prompts": (1, limits.automask_batch_opt, max(limits.automask_batch, limits.text_objects)),
-                   "points": (2, 2, 3)}
+                   "points": (2, 2, 3), "images": (1, 1, 1)}
         return [interactive, batched]
+    objects = {"objects": (1, 1, limits.video_objects), "images": (1, 1, limits.video_objects)}
     if name == "sam2_video_image_encoder":
-        return [{"batch": (1, 1, 1)}]  # one frame per call
+        return [{"batch": (1, 1, limits.video_steps)}]  # the frames of one execute()'s steps
     if name == "sam2_video_decoder":
         # clicks (+ 2 box corners) + pad; no points: two pad points
-        return [{"points": (2, 2, limits.video_points + 3)}]
+        return [{"points": (2, 2, limits.video_points + 3), **objects}]
     if name == "sam2_video_memory_encoder":
         return [{"objects": (1, 1, limits.video_objects)}]
     if name == "sam2_video_memory_attention":
         frames, pointers = limits.memory_frames(), limits.pointers()
         return [{"frames": (1, min(limits.num_maskmem, frames), frames),
-                 "pointers": (0, min(limits.max_object_pointers, pointers), pointers)}]
+                 "pointers": (0, min(limits.max_object_pointers, pointers), pointers), **objects}]
     if name == "sam2_video_mask_prompt":
         return [{}]  # every dimension fixed
     raise ValueError(f"no optimization profile rules for graph {name!r}")

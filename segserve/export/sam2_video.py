@@ -10,10 +10,13 @@ runs these graphs, split where `Sam2VideoModel`'s own per-frame step splits:
 - `sam2_video_memory_attention`: the current frame's features conditioned on F spatial memories
   (each with its temporal-position index) and P object pointers (each with its normalised temporal
   offset): the memory bank assembly of `_prepare_memory_conditioned_features` after the selection,
-  which stays in the tracker. F and P are dynamic.
+  which stays in the tracker. F and P are dynamic, and so is the number of objects B (`objects`
+  axis): B objects with F memories and P pointers each, on one frame's features ([1, ...],
+  broadcast) or one per object (`images` axis).
 - `sam2_video_decoder`: `_single_frame_forward` on given embeddings: prompt points -> the selected
   low-res mask, the high-res mask for memory, the object pointer and the object score, with the
-  multimask / stability selection as a runtime flag.
+  multimask / stability selection as a runtime flag; B objects with the same point count per call,
+  each with its own features, points and flag, the high-res features broadcast or per object.
 - `sam2_video_memory_encoder`: `_encode_new_memory` (mask for memory: binarised when it came from a
   click, else sigmoid; scale/bias; memory encoder; occlusion embedding) for B objects at once. The
   bfloat16 storage of the reference is applied by the tracker.
@@ -156,6 +159,11 @@ class EncoderGraph(nn.Module):
 
 
 class MemoryAttentionGraph(nn.Module):
+    """Memory attention for B objects at once (`objects` axis), each with F memories and P pointers
+    of its own: `maskmem_*` [B, F, ...], `maskmem_tpos` [B, F], `object_pointers` [B, P, C],
+    `pointer_tpos` [B, P]. `vision_feat` / `vision_pos` are [1, ...] (one frame, broadcast to every
+    object) or [B, ...]. Objects with other F or P go in another call (the tracker groups them)."""
+
     def __init__(self, model: Sam2VideoModel):
         super().__init__()
         self.model = model
@@ -165,24 +173,30 @@ class MemoryAttentionGraph(nn.Module):
     def forward(self, vision_feat, vision_pos, maskmem_features, maskmem_pos, maskmem_tpos, object_pointers,
                 pointer_tpos):
         model = self.model
+        mem_dim = self.mem_dim
+        batch = maskmem_features.shape[0]
         _, channels, height, width = vision_feat.shape
-        current = vision_feat.flatten(2).permute(2, 0, 1)  # HW x 1 x C
+        vision_feat = vision_feat.expand(batch, -1, -1, -1)
+        vision_pos = vision_pos.expand(batch, -1, -1, -1)
+        current = vision_feat.flatten(2).permute(2, 0, 1)  # HW x B x C
         current_pos = vision_pos.flatten(2).permute(2, 0, 1)
-        tpos = model.memory_temporal_positional_encoding.reshape(-1, self.mem_dim)[maskmem_tpos]  # F x mem
-        memory = maskmem_features.permute(0, 2, 3, 1).reshape(-1, 1, self.mem_dim)
-        memory_pos = (maskmem_pos + tpos[:, :, None, None]).permute(0, 2, 3, 1).reshape(-1, 1, self.mem_dim)
+        tpos = model.memory_temporal_positional_encoding.reshape(-1, mem_dim)[maskmem_tpos]  # B x F x mem
+        # (frame, y, x) major, objects on the batch axis: HW*F x B x mem
+        memory = maskmem_features.permute(1, 3, 4, 0, 2).reshape(-1, batch, mem_dim)
+        memory_pos = (maskmem_pos + tpos[:, :, :, None, None]).permute(1, 3, 4, 0, 2).reshape(-1, batch, mem_dim)
         if model.config.enable_temporal_pos_encoding_for_object_pointers:
-            sine = get_1d_sine_pe(pointer_tpos, dim=self.hidden)
+            sine = get_1d_sine_pe(pointer_tpos, dim=self.hidden)  # B x P x hidden
             pointer_pos = model.temporal_positional_encoding_projection_layer(sine)
         else:
-            pointer_pos = torch.zeros(pointer_tpos.shape[0], self.mem_dim, dtype=object_pointers.dtype)
-        splits = self.hidden // self.mem_dim
+            pointer_pos = torch.zeros(*pointer_tpos.shape, mem_dim, dtype=object_pointers.dtype)
+        pointer_pos = pointer_pos.permute(1, 0, 2)  # P x B x mem
+        splits = self.hidden // mem_dim
         if splits > 1:
-            pointers = object_pointers.reshape(-1, 1, splits, self.mem_dim).permute(0, 2, 1, 3).reshape(-1, 1, self.mem_dim)
+            # each pointer split into `splits` tokens of mem_dim, in order, its position repeated
+            pointers = object_pointers.reshape(batch, -1, splits, mem_dim).permute(1, 2, 0, 3).reshape(-1, batch, mem_dim)
             pointer_pos = pointer_pos.repeat_interleave(splits, dim=0)
         else:
-            pointers = object_pointers.reshape(-1, 1, self.mem_dim)
-        pointer_pos = pointer_pos.reshape(-1, 1, self.mem_dim)
+            pointers = object_pointers.permute(1, 0, 2)
         conditioned = model.memory_attention(
             current_vision_features=current,
             current_vision_position_embeddings=current_pos,
@@ -190,13 +204,17 @@ class MemoryAttentionGraph(nn.Module):
             memory_posision_embeddings=torch.cat([memory_pos, pointer_pos], dim=0),
             num_object_pointer_tokens=pointers.shape[0],
         )
-        return conditioned.squeeze(1).transpose(1, 2).reshape(1, channels, height, width)
+        # [1, B, HW, C] (the layers keep a head axis, moved to the front on the way out)
+        return conditioned[0].transpose(1, 2).reshape(batch, channels, height, width)
 
 
 class DecoderGraph(nn.Module):
-    """`_single_frame_forward` for one object on precomputed embeddings. `point_coords`/`labels`
-    already end with the padding point(s) the prompt encoder would add; `multimask` > 0 selects the
-    best of the three multimask outputs, else the single output (stability-selected)."""
+    """`_single_frame_forward` on precomputed embeddings, for B objects at once (`objects` axis):
+    `pix_feat` [B, C, h, w], `point_coords` [B, N, 2] / `point_labels` [B, N] (every object with the
+    same N: padding would add tokens and change the result, so the tracker groups objects by point
+    count), `multimask` [B]; `feat_s0` / `feat_s1` [1, ...] (one frame, broadcast) or [B, ...].
+    The points already end with the padding point(s) the prompt encoder would add; `multimask` > 0
+    selects the best of the three multimask outputs, else the single output (stability-selected)."""
 
     def __init__(self, model: Sam2VideoModel):
         super().__init__()
@@ -210,43 +228,43 @@ class DecoderGraph(nn.Module):
     def decode(self, pix_feat, feat_s0, feat_s1, point_coords, point_labels, multimask, dense):
         model = self.model
         dec = model.mask_decoder
-        sparse = model.prompt_encoder._embed_points(point_coords.unsqueeze(0), point_labels.unsqueeze(0), pad=False)
-        _, channels, height, width = pix_feat.shape
+        batch, channels, height, width = pix_feat.shape
+        sparse = model.prompt_encoder._embed_points(point_coords.unsqueeze(1), point_labels.unsqueeze(1), pad=False)
         tokens = torch.cat([dec.obj_score_token.weight, dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
-        tokens = torch.cat((tokens.reshape(1, 1, -1, channels), sparse), dim=2)
+        tokens = torch.cat((tokens.reshape(1, 1, -1, channels).expand(batch, -1, -1, -1), sparse), dim=2)
         tokens, image = dec.transformer(point_embeddings=tokens, image_embeddings=pix_feat + dense,
                                         image_positional_embeddings=self.image_pe, attention_similarity=None)
         iou_token = tokens[:, :, 1, :]
-        mask_tokens = tokens[:, :, 2:2 + dec.num_mask_tokens, :]
-        image = image.transpose(2, 3).reshape(1, channels, height, width)
+        mask_tokens = tokens[:, :, 2:2 + dec.num_mask_tokens, :]  # B x 1 x 4 x C
+        image = image.transpose(2, 3).reshape(batch, channels, height, width)
         up = dec.upscale_conv1(image) + feat_s1
         up = dec.activation(dec.upscale_layer_norm(up))
         up = dec.activation(dec.upscale_conv2(up) + feat_s0)
         hyper = torch.stack([mlp(mask_tokens[:, :, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=2)
         _, up_channels, up_h, up_w = up.shape
-        masks = (hyper @ up.reshape(1, 1, up_channels, up_h * up_w)).reshape(1, 1, -1, up_h, up_w)
-        iou = dec.iou_prediction_head(iou_token)  # 1 x 1 x 4
-        object_score = dec.pred_obj_score_head(tokens[:, :, 0, :])  # 1 x 1 x 1
+        masks = (hyper @ up.reshape(batch, 1, up_channels, up_h * up_w)).reshape(batch, 1, -1, up_h, up_w)
+        iou = dec.iou_prediction_head(iou_token)  # B x 1 x 4
+        object_score = dec.pred_obj_score_head(tokens[:, :, 0, :])  # B x 1 x 1
         # multimask: the best of tokens 1..3 by predicted IoU; its token makes the pointer.
-        best = torch.argmax(iou[0, 0, 1:], dim=-1) + 1
-        multi_mask = torch.index_select(masks[0, 0], 0, best.reshape(1))
-        multi_token = torch.index_select(mask_tokens[0, 0], 0, best.reshape(1))
+        best = (torch.argmax(iou[:, 0, 1:], dim=-1) + 1).reshape(batch, 1)  # B x 1
+        multi_mask = torch.gather(masks[:, 0], 1, best[:, :, None, None].expand(-1, -1, up_h, up_w))  # B x 1 x h x w
+        multi_token = torch.gather(mask_tokens[:, 0], 1, best[:, :, None].expand(-1, -1, channels))  # B x 1 x C
         if dec.dynamic_multimask_via_stability:
             single_mask, _ = dec._dynamic_multimask_via_stability(masks, iou)
-            single_mask = single_mask[0, 0]
+            single_mask = single_mask[:, 0]
         else:
-            single_mask = masks[0, 0, 0:1]
-        use_multi = multimask.reshape(()) > 0
-        low_res = torch.where(use_multi, multi_mask, single_mask)[None]  # 1 x 1 x h x w
-        token = torch.where(use_multi, multi_token, mask_tokens[0, 0, 0:1])  # 1 x C
-        appearing = object_score.reshape(1, 1) > 0
-        low_res = torch.where(appearing.reshape(1, 1, 1, 1), low_res, torch.full_like(low_res, NO_OBJ_SCORE))
+            single_mask = masks[:, 0, 0:1]
+        use_multi = multimask.reshape(batch, 1, 1, 1) > 0
+        low_res = torch.where(use_multi, multi_mask, single_mask)  # B x 1 x h x w
+        token = torch.where(use_multi.reshape(batch, 1, 1), multi_token, mask_tokens[:, 0, 0:1]).reshape(batch, channels)
+        appearing = object_score.reshape(batch, 1) > 0
+        low_res = torch.where(appearing.reshape(batch, 1, 1, 1), low_res, torch.full_like(low_res, NO_OBJ_SCORE))
         high_res = F.interpolate(low_res, size=(model.image_size, model.image_size), mode="bilinear",
                                  align_corners=False)
         pointer = model.object_pointer_proj(token)
         weight = appearing.to(pointer.dtype)
         pointer = weight * pointer + (1 - weight) * model.no_object_pointer
-        return low_res, high_res, pointer, object_score.reshape(1, 1)
+        return low_res, high_res, pointer, object_score.reshape(batch, 1)
 
 
 class MaskPromptGraph(nn.Module):
@@ -320,35 +338,41 @@ def _feature_shapes(model: Sam2VideoModel) -> dict[str, tuple[int, ...]]:
             "top": (1, channels, *sizes[2])}
 
 
-def _memory_attention_case(model: Sam2VideoModel, frames: int, pointers: int, seed: int) -> dict[str, torch.Tensor]:
+def _memory_attention_case(model: Sam2VideoModel, frames: int, pointers: int, seed: int, objects: int = 1,
+                           images: int = 1) -> dict[str, torch.Tensor]:
+    """`objects` objects with different memories and pointers; `images` 1: one frame for all of them."""
     gen = _gen(seed)
     shape = _feature_shapes(model)["top"]
     mem = (model.mem_dim, *shape[2:])
     return {
-        "vision_feat": torch.randn(shape, generator=gen),
-        "vision_pos": torch.randn(shape, generator=gen),
-        "maskmem_features": torch.randn(frames, *mem, generator=gen),
-        "maskmem_pos": torch.randn(frames, *mem, generator=gen),
-        "maskmem_tpos": torch.randint(0, model.num_maskmem, (frames,), generator=gen),
-        "object_pointers": torch.randn(pointers, model.hidden_dim, generator=gen),
-        "pointer_tpos": torch.rand(pointers, generator=gen),
+        "vision_feat": torch.randn(images, *shape[1:], generator=gen),
+        "vision_pos": torch.randn(images, *shape[1:], generator=gen),
+        "maskmem_features": torch.randn(objects, frames, *mem, generator=gen),
+        "maskmem_pos": torch.randn(objects, frames, *mem, generator=gen),
+        "maskmem_tpos": torch.randint(0, model.num_maskmem, (objects, frames), generator=gen),
+        "object_pointers": torch.randn(objects, pointers, model.hidden_dim, generator=gen),
+        "pointer_tpos": torch.rand(objects, pointers, generator=gen),
     }
 
 
-def _decoder_case(model: Sam2VideoModel, points: int, multimask: bool, seed: int) -> dict[str, torch.Tensor]:
+def _decoder_case(model: Sam2VideoModel, points: int, multimask: bool | list[bool], seed: int,
+                  images: int = 1) -> dict[str, torch.Tensor]:
+    """One object per `multimask` entry, each with its own features and points."""
     gen = _gen(seed)
     shapes = _feature_shapes(model)
-    labels = torch.randint(0, 4, (1, points), generator=gen, dtype=torch.int32)
+    flags = [multimask] if isinstance(multimask, bool) else multimask
+    objects = len(flags)
+    labels = torch.randint(0, 4, (objects, points), generator=gen, dtype=torch.int32)
     labels[:, -1] = -1
-    coords = torch.rand(1, points, 2, generator=gen) * model.image_size
+    coords = torch.rand(objects, points, 2, generator=gen) * model.image_size
     coords[:, -1] = 0.0
     return {
-        "pix_feat": torch.randn(shapes["top"], generator=gen),
-        "feat_s0": torch.randn(shapes["feat_s0"], generator=gen),
-        "feat_s1": torch.randn(shapes["feat_s1"], generator=gen),
+        "pix_feat": torch.randn(objects, *shapes["top"][1:], generator=gen),
+        "feat_s0": torch.randn(images, *shapes["feat_s0"][1:], generator=gen),
+        "feat_s1": torch.randn(images, *shapes["feat_s1"][1:], generator=gen),
         "point_coords": coords,
         "point_labels": labels,
-        "multimask": torch.tensor([1.0 if multimask else 0.0]),
+        "multimask": torch.tensor([1.0 if m else 0.0 for m in flags]),
     }
 
 
@@ -389,6 +413,15 @@ def _exporter(name: str) -> dict[str, Any]:
     return EXPORTERS.get(name, {"dynamo": False, "opset": DEFAULT_OPSET})
 
 
+# Graphs whose signature changed: an artifact cached before the change is exported again.
+# objects-v1: the decoder and memory attention take every object of a frame in one call.
+GRAPH_VERSIONS = {DECODER: "objects-v1", MEMORY_ATTENTION: "objects-v1"}
+
+
+def _graph_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+    return {**settings, "graph": GRAPH_VERSIONS[name]} if name in GRAPH_VERSIONS else settings
+
+
 def graph_specs(model: Sam2VideoModel) -> list[GraphSpec]:
     size = model.image_size
     encoder = GraphSpec(
@@ -400,23 +433,36 @@ def graph_specs(model: Sam2VideoModel) -> list[GraphSpec]:
         parity_inputs=[{"pixel_values": torch.randn(1, 3, size, size, generator=_gen(1))}],
         **_exporter(ENCODER),
     )
+    # Memory attention and the decoder take B objects of one frame per call (`objects` axis); the
+    # frame's features are given once ([1, ...], `images` axis) and broadcast, or one per object.
     attention = GraphSpec(
         name=MEMORY_ATTENTION, module=MemoryAttentionGraph(model),
-        example_inputs=_memory_attention_case(model, 3, 4, seed=2),
+        example_inputs=_memory_attention_case(model, 3, 4, seed=2, objects=2, images=2),
         output_names=["pix_feat"],
-        dynamic_axes={"maskmem_features": {0: "frames"}, "maskmem_pos": {0: "frames"}, "maskmem_tpos": {0: "frames"},
-                      "object_pointers": {0: "pointers"}, "pointer_tpos": {0: "pointers"}},
+        dynamic_axes={"vision_feat": {0: "images"}, "vision_pos": {0: "images"},
+                      "maskmem_features": {0: "objects", 1: "frames"}, "maskmem_pos": {0: "objects", 1: "frames"},
+                      "maskmem_tpos": {0: "objects", 1: "frames"},
+                      "object_pointers": {0: "objects", 1: "pointers"}, "pointer_tpos": {0: "objects", 1: "pointers"},
+                      "pix_feat": {0: "objects"}},
         parity_inputs=[_memory_attention_case(model, 1, 1, 3), _memory_attention_case(model, 7, 16, 4),
                        _memory_attention_case(model, 5, 2, 5),
-                       _memory_attention_case(model, 2, 0, 13)],  # no pointer (start before any prompt)
+                       _memory_attention_case(model, 2, 0, 13),  # no pointer (start before any prompt)
+                       _memory_attention_case(model, 7, 9, 17, objects=3),  # three objects, one frame
+                       _memory_attention_case(model, 4, 3, 18, objects=2, images=2)],
     )
     decoder = GraphSpec(
         name=DECODER, module=DecoderGraph(model),
-        example_inputs=_decoder_case(model, 3, True, seed=6),
+        example_inputs=_decoder_case(model, 3, [True, False], seed=6, images=2),
         output_names=["low_res_mask", "high_res_mask", "object_pointer", "object_score_logits"],
-        dynamic_axes={"point_coords": {1: "points"}, "point_labels": {1: "points"}},
+        dynamic_axes={"pix_feat": {0: "objects"}, "feat_s0": {0: "images"}, "feat_s1": {0: "images"},
+                      "point_coords": {0: "objects", 1: "points"}, "point_labels": {0: "objects", 1: "points"},
+                      "multimask": {0: "objects"},
+                      **{n: {0: "objects"} for n in ("low_res_mask", "high_res_mask", "object_pointer",
+                                                     "object_score_logits")}},
         parity_inputs=[_decoder_case(model, 2, True, 7), _decoder_case(model, 4, False, 8),
-                       _decoder_case(model, 1, False, 9)],
+                       _decoder_case(model, 1, False, 9),
+                       _decoder_case(model, 2, [True, False, True, False], 19),  # four objects, one frame
+                       _decoder_case(model, 3, [False, True, True], 20, images=3)],
     )
     memory_encoder = GraphSpec(
         name=MEMORY_ENCODER, module=MemoryEncoderGraph(model),
@@ -473,8 +519,9 @@ def export_sam2_video(checkpoint: Path | None, out_dir: Path, expect_sha256: str
         checkpoint_sha = verify_checkpoint(checkpoint, expect_sha256)
     manifest = Manifest(out_dir)
     settings = {"family": "sam2_video", "random_size": random_size if random_weights else None}
-    if not force and all(manifest.reusable(n, checkpoint_sha, artifact_settings(settings, _exporter(n)["opset"], _exporter(n)["dynamo"]))
-                            for n in GRAPHS):
+    if not force and all(manifest.reusable(n, checkpoint_sha, artifact_settings(_graph_settings(n, settings),
+                                                                                 _exporter(n)["opset"], _exporter(n)["dynamo"]))
+                         for n in GRAPHS):
         log("SAM 2 video graphs are up to date (cached by checkpoint hash and settings)")
         return {n: manifest.records[n] for n in GRAPHS}
     with Step(f"loading SAM 2 video from {checkpoint}"):
@@ -483,7 +530,7 @@ def export_sam2_video(checkpoint: Path | None, out_dir: Path, expect_sha256: str
     records = {}
     for spec in graph_specs(model):
         records[spec.name] = export_artifact(spec, manifest, str(checkpoint), checkpoint_sha, random_weights,
-                                             settings, model_config=config, force=force)
+                                             _graph_settings(spec.name, settings), model_config=config, force=force)
     return records
 
 

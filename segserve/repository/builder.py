@@ -483,7 +483,8 @@ def build_repository(artifacts: Path, out: Path, target: str = "embedded", graph
     manifest = Manifest(Path(artifacts))
     # `options`: family-specific settings, e.g. the video tracker's caps (`max_video_sessions`,
     # `max_video_objects`, `max_video_frames`, `max_video_frame_bytes` / `max_video_memory_bytes` per
-    # session, `max_video_total_bytes` for all sessions of an instance: description.VIDEO_*_BYTES).
+    # session, `max_video_total_bytes` for all sessions of an instance: description.VIDEO_*_BYTES;
+    # `video_batch_objects` False: the tracker runs one graph call per object, the path before batching).
     # Session models get Triton's idle limit a margin above their TTL (`description.sequence_idle_s`).
     specs = model_specs(manifest, session_ttl_s, max_sessions, {**(options or {}), "batching": batching}, graph_files)
     trt = TrtRender.from_options({**(options or {}), "batching": batching})  # onnxruntime-trt

@@ -90,8 +90,19 @@ def sequence_idle_s(session_ttl_s: float) -> float:
     return session_ttl_s + max(60.0, 0.1 * session_ttl_s)
 
 
+# `image_clicks` build option: `concurrent` (default) encodes a START off the click path (BLS to the
+# encoder model from a worker thread) and decodes the clicks of one execute() in one decoder call;
+# `serial` is the one-at-a-time path (START encoded inside execute(), one decoder call per
+# request), kept for the concurrency benchmark's comparison.
+IMAGE_CLICKS = ("concurrent", "serial")
+
+
 def sam2_models(sam2_config: dict[str, Any], options: dict[str, Any], encoder_batch: int = 4) -> list[ModelSpec]:
     session_ttl_s, max_sessions = options["session_ttl_s"], options["max_sessions"]
+    clicks = options.get("image_clicks", "concurrent")
+    if clicks not in IMAGE_CLICKS:
+        raise ValueError(f"unknown image_clicks {clicks!r}: choose {', '.join(IMAGE_CLICKS)}")
+    concurrent = clicks == "concurrent"
     low_res = int(sam2_config.get("low_res_mask_size", 256))
     size = int(sam2_config.get("image_size", 1024))
     encoder = ModelSpec(
@@ -130,7 +141,9 @@ def sam2_models(sam2_config: dict[str, Any], options: dict[str, Any], encoder_ba
         # Oldest strategy: requests of different sessions run in one execute() call.
         max_batch_size=8,
         sequence=Sequence(idle_timeout_s=sequence_idle_s(session_ttl_s),
-                          max_candidate_sequences=candidate_sequences(max_sessions)),
+                          max_candidate_sequences=candidate_sequences(max_sessions),
+                          # how long Triton may hold a click to batch it with others (default 0)
+                          max_queue_delay_us=int(options.get("image_queue_delay_us", 0))),
         parameters={
             "runner": "inprocess",
             "encoder_model": "sam2_image_encoder",
@@ -140,10 +153,15 @@ def sam2_models(sam2_config: dict[str, Any], options: dict[str, Any], encoder_ba
             "image_size": str(size),
             "low_res_mask_size": str(low_res),
             "mask_threshold": str(sam2_config.get("mask_threshold", 0.0)),
+            "encode": "async" if concurrent else "inline",
+            "decode_batching": "batched" if concurrent else "solo",
+            # a request of more prompts (automatic masks) is a decoder call of its own
+            "max_batch_prompts": str(int(options.get("max_batch_prompts", 32))),
         },
         fleet_parameters={"runner": "bls"},
         calls=("sam2_image_encoder", "sam2_prompt_decoder"),
-        local_graphs=("sam2_image_encoder", "sam2_prompt_decoder"),
+        # embedded: the decoder runs in the session's process; the encoder too on the serial path
+        local_graphs=("sam2_prompt_decoder",) if concurrent else ("sam2_image_encoder", "sam2_prompt_decoder"),
         requires=("sam2_image_encoder", "sam2_prompt_decoder"),
     )
     return [encoder, decoder, session]
@@ -411,6 +429,9 @@ def sam2_video_models(config: dict[str, Any], options: dict[str, Any]) -> list[M
             "image_size": str(int(config["image_size"])),
             "mask_threshold": str(config.get("mask_threshold", 0.0)),
             "video_config": json.dumps(config, sort_keys=True),
+            # every object of a frame (and the steps of concurrent sessions) in one call per graph;
+            # option `video_batch_objects` False: one call per object (the comparison baseline)
+            "batch_objects": "true" if options.get("video_batch_objects", True) else "false",
             # the five graphs inside the tracker (threads: `video_intra_op_threads`, else the builder's share)
             "graphs": "inprocess",
             **({"graph_threads": str(int(options["video_intra_op_threads"]))}

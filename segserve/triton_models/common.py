@@ -23,8 +23,8 @@ import triton_python_backend_utils as pb_utils
 
 from segserve.common.status import CANCELLED, INTERNAL, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, TRITON_CODE, ModelRefusal
 
-__all__ = ["ModelRefusal", "answer", "check_cancelled", "optional_input", "parameters", "refusal_response",
-           "repository_root", "required_input", "respond_each", "scalar"]
+__all__ = ["ModelRefusal", "answer", "check_cancelled", "guarded", "optional_input", "parameters", "refusal_response",
+           "repository_root", "required_input", "respond_each", "scalar", "send_final"]
 
 # An INTERNAL answer quotes the exception this much at most (the traceback is in Triton's log).
 _MAX_INTERNAL_MESSAGE = 300
@@ -83,9 +83,17 @@ def log_refusal(model: str, refusal: ModelRefusal, where: str = "") -> None:
 def answer(request, handle: Callable, model: str, where: str = "") -> "pb_utils.InferenceResponse":
     """The error boundary for one request: `handle(request)`'s response, or a typed error response.
     `where` adds context to the log line (e.g. the sequence's correlation id)."""
-    try:
+    def run():
         check_cancelled(request)
         return handle(request)
+
+    return guarded(run, model, where)
+
+
+def guarded(work: Callable[[], "pb_utils.InferenceResponse"], model: str, where: str = "") -> "pb_utils.InferenceResponse":
+    """`work()`'s response, or the typed error response of what it raised (the error boundary)."""
+    try:
+        return work()
     except ModelRefusal as refusal:
         log_refusal(model, refusal, where)
         return refusal_response(refusal)
@@ -95,6 +103,12 @@ def answer(request, handle: Callable, model: str, where: str = "") -> "pb_utils.
         if len(message) > _MAX_INTERNAL_MESSAGE:
             message = message[:_MAX_INTERNAL_MESSAGE] + "..."
         return refusal_response(ModelRefusal(INTERNAL, f"{model} failed: {message}"))
+
+
+def send_final(sender, response: "pb_utils.InferenceResponse") -> None:
+    """Answer a request through its response sender (its one and final response): a model that
+    answers this way can answer a request after execute() has returned."""
+    sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
 
 def respond_each(requests, handle: Callable, model: str, where: Callable | None = None) -> list:

@@ -24,6 +24,15 @@ This is transformers' `Sam2VideoModel.forward` / `propagate_in_video_iterator` w
   processor does; the mask, resized to the model's square and thresholded as the processor does,
   is the frame's output as it is (`_use_mask_as_output`), with no memory conditioning.
 
+Batching (`batch_objects`, the default): a step's objects go through memory attention and the
+decoder together, one call per group of objects with the same shapes (memory attention: the number
+of memories and of object pointers; the decoder: the number of points, since padding would add
+prompt tokens and change the result), and the memory encoder takes them all in one call;
+`step_many` computes the steps of several sessions together the same way (their frames through
+the encoder in one call, their objects grouped across sessions). The graphs compute every object
+on its own inside a call, so the results equal the one-call-per-object path's (`batch_objects=False`,
+kept for comparison) bit for bit on ONNX Runtime (tests/test_video_batching.py).
+
 Arrays: the graphs run in process (`LocalGraphs`: ONNX Runtime or OpenVINO, numpy) or as Triton models through
 BLS (`triton_models.bls.BlsGraphs`: numpy for outputs on the host, CuPy for outputs on a GPU). The
 state built from graph outputs (encoder feature cache, memory features and positions, object
@@ -228,11 +237,14 @@ OrtGraphs = LocalGraphs  # the former name (tests, benchmarks)
 class VideoTracker:
     def __init__(self, graphs, config: dict[str, Any], max_objects: int = 16, max_frames: int = 2000,
                  max_frame_bytes: int = 1 << 30, max_memory_bytes: int = 2 << 30, max_total_bytes: int | None = None,
-                 held_bytes: Callable[[], int] | None = None):
+                 held_bytes: Callable[[], int] | None = None, batch_objects: bool = True):
         """`graphs`: anything with `run(name, feeds) -> {output: array}` (`LocalGraphs`, `BlsGraphs`).
         `max_total_bytes` bounds `held_bytes()`, the bytes held by every session of the model
-        instance together (frames + memory banks), after any request; None: no total cap."""
+        instance together (frames + memory banks), after any request; None: no total cap.
+        `batch_objects`: all objects of a frame (and the frames of `step_many`'s sessions) share
+        each graph call; False: one call per object (and per frame), the path before batching."""
         self.graphs = graphs
+        self.batch_objects = batch_objects
         self.image_size = int(config["image_size"])
         self.num_maskmem = int(config.get("num_maskmem", 7))
         self.max_pointers = int(config.get("max_object_pointers_in_encoder", 16))
@@ -369,16 +381,50 @@ class VideoTracker:
              cancelled: Callable[[], bool] | None = None) -> FrameResult:
         """`Sam2VideoModel.forward(inference_session, frame_idx, reverse)`. The new outputs are
         computed aside and stored only once all of them exist and fit the byte caps; `cancelled`
-        is asked between objects (CANCELLED, nothing stored)."""
+        is asked before each graph call (CANCELLED, nothing stored)."""
+        result = self.step_many([StepRequest(session, frame_idx, reverse, cancelled)])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def step_many(self, requests: list["StepRequest"]) -> list["FrameResult | BaseException"]:
+        """One frame of each request's session (the sessions all different), computed together:
+        with `batch_objects`, every object of a frame goes through memory attention and the
+        decoder in one call per shape group (and, across sessions, the frames through the encoder
+        in one call), instead of one call per object. Each request's result, or the exception that
+        failed it alone: a refusal, a cancellation or a failed graph call never touches the other
+        requests (a failed call shared by several requests is retried for each on its own)."""
+        steps: list[_Step] = []
+        for request in requests:
+            step = _Step(request)
+            try:
+                self._plan(step)
+            except BaseException as error:  # noqa: BLE001 - the request's own outcome
+                step.error = error
+            steps.append(step)
+        self._compute(steps)
+        results: list[FrameResult | BaseException] = []
+        for step in steps:
+            if step.error is None:
+                try:
+                    results.append(self._store(step))
+                    continue
+                except BaseException as error:  # noqa: BLE001
+                    step.error = error
+            results.append(step.error)
+        return results
+
+    def _plan(self, step: "_Step") -> None:
+        """Which objects reuse their conditioning output and which are computed (and how), and
+        the caps predicted from earlier steps; nothing changes yet."""
+        session, frame_idx, reverse = step.request.session, step.request.frame_idx, step.request.reverse
         self._check_frame(session, frame_idx)
         if not session.objects:
             raise ModelRefusal(INVALID_ARGUMENT, "no objects to track: add prompts first")
-        # The plan: per object, reuse its conditioning output or compute one (and where it goes).
-        plan = []  # (obj, reused output or None, is_init, points, mask, reverse for this object)
         for obj in session.objects:
             has_new = obj.obj_id in session.new_inputs
             if not has_new and frame_idx in obj.cond:
-                plan.append((obj, obj.cond[frame_idx], True, None, None, reverse))
+                step.entries.append(obj.cond[frame_idx])
                 continue
             is_init, points, mask = False, None, None
             if has_new:
@@ -387,48 +433,113 @@ class VideoTracker:
                     reverse = False  # as transformers: also for the objects after this one
                 points = obj.points.get(frame_idx)
                 mask = obj.masks.get(frame_idx)
-            plan.append((obj, None, is_init, points, mask, reverse))
+            job = _Job(step, obj, is_init, points, mask, reverse)
+            step.entries.append(job)
+            step.jobs.append(job)
         # Before any work: the growth predicted from earlier steps' outputs must fit.
-        computed = [(obj, is_init) for obj, reused, is_init, *_ in plan if reused is None]
-        if all(kind in self._output_nbytes for _, kind in computed):
-            self._check_memory(session, sum(self._output_nbytes[kind] - self._replaced_nbytes(obj, kind, frame_idx)
-                                            for obj, kind in computed))
+        if all(job.is_init in self._output_nbytes for job in step.jobs):
+            self._check_memory(session, sum(self._output_nbytes[job.is_init]
+                                            - self._replaced_nbytes(job.obj, job.is_init, frame_idx)
+                                            for job in step.jobs))
+
+    # The graph calls of a batch of steps. Each phase groups the jobs that can share a call (one job
+    # per call without `batch_objects`: today's one-object-at-a-time path, kept for comparison).
+    def _compute(self, steps: list["_Step"]) -> None:
+        for step in steps:
+            self._live(step)  # a request cancelled before any work
+        self._run_grouped([s for s in steps if s.error is None and s.jobs], lambda s: (), self._encode_frames)
+        jobs = [j for s in steps if s.error is None for j in s.jobs]
+        self._run_grouped([j for j in jobs if j.mask is not None], None, self._mask_prompts)
+        tracked = []
+        for job in jobs:
+            if job.mask is None and not job.is_init and job.step.error is None:
+                try:
+                    job.memory = self._memory_inputs(job)
+                    tracked.append(job)
+                except BaseException as error:  # noqa: BLE001
+                    job.step.error = error
+        one = lambda _: 1  # noqa: E731
+        self._run_grouped(tracked, lambda j: (len(j.memory["tpos"]), len(j.memory["pointer_tpos"])), self._attend, one)
+        self._run_grouped([j for j in jobs if j.mask is None],
+                          lambda j: 2 if j.points is None else len(j.points[1]) + 1, self._decode, one)
+        if self.num_maskmem:
+            # binarised or not is decided per step (any object of it prompted), so it keys the group
+            self._run_grouped([s for s in steps if s.error is None and s.jobs],
+                              lambda s: any(j.points is not None or j.mask is not None for j in s.jobs),
+                              self._encode_memories, lambda s: len(s.jobs))
+
+    def _run_grouped(self, items: list, key: Callable[[Any], Any] | None, run: Callable[[list], None],
+                     size: Callable[[Any], int] | None = None) -> None:
+        """`run(group)` per group of `items` (jobs or steps) with equal `key` (None: never grouped),
+        each group cut into calls of at most `max_objects` objects (`size(item)`; None: no cap).
+        Items of failed or cancelled steps are dropped first; a failure fails the call's steps,
+        unless the call spans several steps: then each step's items are run again on their own."""
+        groups: dict[Any, list] = {}
+        for index, item in enumerate(items):
+            grouped = self.batch_objects and key is not None
+            groups.setdefault(key(item) if grouped else ("alone", index), []).append(item)
+        for group in groups.values():
+            calls, total = [[]], 0
+            for item in group:
+                weight = size(item) if size else 0
+                if calls[-1] and total + weight > self.max_objects:
+                    calls.append([])
+                    total = 0
+                calls[-1].append(item)
+                total += weight
+            for call in calls:
+                self._run_call(call, run)
+
+    def _run_call(self, call: list, run: Callable[[list], None]) -> None:
+        call = [item for item in call if self._live(_step_of(item))]
+        if not call:
+            return
+        try:
+            run(call)
+        except BaseException as error:  # noqa: BLE001
+            owners = list({id(_step_of(i)): _step_of(i) for i in call}.values())
+            if len(owners) == 1:
+                owners[0].error = error
+                return
+            for owner in owners:
+                own = [i for i in call if _step_of(i) is owner]
+                try:
+                    run(own)
+                except BaseException as own_error:  # noqa: BLE001
+                    owner.error = own_error
+
+    @staticmethod
+    def _live(step: "_Step") -> bool:
+        cancelled = step.request.cancelled
+        if step.error is None and cancelled is not None and cancelled():
+            step.error = ModelRefusal(CANCELLED, "the request was cancelled")
+        return step.error is None
+
+    def _store(self, step: "_Step") -> FrameResult:
+        """The step's response, then its outputs stored (when the exact growth fits the caps)."""
+        session, frame_idx = step.request.session, step.request.frame_idx
         masks, scores = [], []
-        pending: list[tuple[FrameOutput, Any, bool]] = []
-        outputs = []  # (obj, is_init, new output, points or mask given)
-        for obj, reused, is_init, points, mask, obj_reverse in plan:
-            if cancelled is not None and cancelled():
-                raise ModelRefusal(CANCELLED, "the request was cancelled")
-            if reused is not None:
-                out = reused
-            else:
-                if mask is not None:
-                    out, high_res = self._mask_as_output(session, frame_idx, mask)
-                else:
-                    out, high_res = self._single_frame(session, obj, frame_idx, is_init, points, obj_reverse)
-                prompted = points is not None or mask is not None
-                pending.append((out, high_res, prompted))
-                outputs.append((obj, is_init, out, prompted))
+        for entry in step.entries:
+            out = entry.out if isinstance(entry, _Job) else entry
             masks.append(out.pred_masks[0, 0])
             scores.append(out.object_score.reshape(-1)[:1])
-        self._encode_memories(session, frame_idx, pending)
         # One transfer each to the host: all a response needs.
         result = FrameResult(frame_idx, [o.obj_id for o in session.objects], to_host(_join("stack", masks)),
                              to_host(_join("concatenate", scores)).astype(np.float32))
-        for _, is_init, out, _ in outputs:
-            if not is_init:
-                out.pred_masks = None  # only conditioning outputs are ever returned again
-            self._output_nbytes[is_init] = out.nbytes
+        for job in step.jobs:
+            if not job.is_init:
+                job.out.pred_masks = None  # only conditioning outputs are ever returned again
+            self._output_nbytes[job.is_init] = job.out.nbytes
         # The exact growth must fit too; then store everything.
-        growth = sum(out.nbytes - self._replaced_nbytes(obj, is_init, frame_idx) for obj, is_init, out, _ in outputs)
+        growth = sum(j.out.nbytes - self._replaced_nbytes(j.obj, j.is_init, frame_idx) for j in step.jobs)
         self._check_memory(session, growth)
-        for obj, is_init, out, prompted in outputs:
-            (obj.cond if is_init else obj.non_cond)[frame_idx] = out
-            if prompted:
-                session.new_inputs.remove(obj.obj_id)
-        for obj, _, is_init, _, _, obj_reverse in plan:
-            if not is_init:
-                obj.tracked[frame_idx] = obj_reverse
+        for job in step.jobs:
+            (job.obj.cond if job.is_init else job.obj.non_cond)[frame_idx] = job.out
+            if job.points is not None or job.mask is not None:
+                session.new_inputs.remove(job.obj.obj_id)
+        for entry in step.entries:
+            if isinstance(entry, _Job) and not entry.is_init:
+                entry.obj.tracked[frame_idx] = entry.reverse
         session.memory_bytes += growth
         return result
 
@@ -437,48 +548,66 @@ class VideoTracker:
         old = (obj.cond if is_init else obj.non_cond).get(frame_idx)
         return 0 if old is None else old.nbytes
 
-    def _features(self, session: VideoSession, frame_idx: int) -> dict[str, Any]:
-        if session.feature_cache is not None and session.feature_cache[0] == frame_idx:
-            return session.feature_cache[1]
-        pixels = sam2_transforms.preprocess(session.frames[frame_idx], self.image_size)
-        feats = self.graphs.run("sam2_video_image_encoder", {"pixel_values": pixels})
-        feats = {k: v.copy() for k, v in feats.items()}
-        session.feature_cache = (frame_idx, feats)
-        return feats
+    # ---- the graph calls ---------------------------------------------------------------------
+    def _encode_frames(self, steps: list["_Step"]) -> None:
+        """The frame features of each step (the session's cache, or one encoder call for all the
+        frames not cached)."""
+        missing = [s for s in steps if not (s.request.session.feature_cache is not None
+                                            and s.request.session.feature_cache[0] == s.request.frame_idx)]
+        if missing:
+            pixels = np.concatenate([sam2_transforms.preprocess(s.request.session.frames[s.request.frame_idx],
+                                                                self.image_size) for s in missing])
+            feats = self.graphs.run("sam2_video_image_encoder", {"pixel_values": pixels})
+            for i, s in enumerate(missing):
+                s.request.session.feature_cache = (s.request.frame_idx, {k: v[i:i + 1].copy() for k, v in feats.items()})
+        for s in steps:
+            s.feats = s.request.session.feature_cache[1]
 
-    def _single_frame(self, session: VideoSession, obj: TrackedObject, frame_idx: int, is_init: bool,
-                      points: tuple[np.ndarray, np.ndarray] | None, reverse: bool) -> tuple[FrameOutput, Any]:
-        feats = self._features(session, frame_idx)
-        if is_init:
-            pix_feat = feats["vision_feat_no_memory"]
-        else:
-            pix_feat = self._memory_conditioned(session, obj, frame_idx, feats, reverse)
-        if points is None:
-            coords = np.zeros((1, 2, 2), np.float32)
-            labels = np.full((1, 2), -1, np.int32)
-        else:
-            coords = np.concatenate([points[0], np.zeros((1, 2), np.float32)])[None]
-            labels = np.concatenate([points[1], np.array([-1], np.int32)])[None]
-        num_points = 0 if points is None else len(points[1])
-        multimask = (self.multimask_in_sam and (is_init or self.multimask_tracking)
-                     and self.multimask_min <= num_points <= self.multimask_max)
-        out = self.graphs.run("sam2_video_decoder", {
-            "pix_feat": pix_feat, "feat_s0": feats["feat_s0"], "feat_s1": feats["feat_s1"],
-            "point_coords": coords, "point_labels": labels, "multimask": np.array([1.0 if multimask else 0.0], np.float32)})
-        return self._output(out)
-
-    def _mask_as_output(self, session: VideoSession, frame_idx: int, mask: np.ndarray) -> tuple[FrameOutput, Any]:
-        """`_use_mask_as_output`: on the raw frame features, whatever the frame's memory."""
-        feats = self._features(session, frame_idx)
-        out = self.graphs.run("sam2_video_mask_prompt", {
-            "vision_feat": feats["vision_feat"], "mask": mask[None, None].astype(np.float32)})
-        return self._output(out)
+    def _mask_prompts(self, jobs: list["_Job"]) -> None:
+        """`_use_mask_as_output`: on the raw frame features, whatever the frame's memory (one call
+        per mask: mask prompts come one request at a time)."""
+        for job in jobs:
+            out = self.graphs.run("sam2_video_mask_prompt", {
+                "vision_feat": job.step.feats["vision_feat"], "mask": job.mask[None, None].astype(np.float32)})
+            job.out, job.high_res = self._outputs(out, 1)[0]
 
     @staticmethod
-    def _output(out: dict[str, Any]) -> tuple[FrameOutput, Any]:
-        """A decoder's output and its high-res mask (for the memory encoder, after the other objects)."""
-        return (FrameOutput(out["low_res_mask"].copy(), out["object_pointer"].copy(), out["object_score_logits"].copy()),
-                out["high_res_mask"].copy())
+    def _frame_input(jobs: list["_Job"], name: str):
+        """A frame feature for a call: once ([1, ...], broadcast by the graph) when every job is
+        on the same step's frame, else one per job."""
+        steps = list({id(j.step): j.step for j in jobs}.values())
+        if len(steps) == 1:
+            return steps[0].feats[name]
+        return _join("concatenate", [j.step.feats[name] for j in jobs])
+
+    def _decode(self, jobs: list["_Job"]) -> None:
+        pix_feat, coords, labels, multimask = [], [], [], []
+        for job in jobs:
+            pix_feat.append(job.step.feats["vision_feat_no_memory"] if job.is_init else job.pix_feat)
+            if job.points is None:
+                coords.append(np.zeros((2, 2), np.float32))
+                labels.append(np.full(2, -1, np.int32))
+            else:
+                coords.append(np.concatenate([job.points[0], np.zeros((1, 2), np.float32)]))
+                labels.append(np.concatenate([job.points[1], np.array([-1], np.int32)]))
+            num_points = 0 if job.points is None else len(job.points[1])
+            multimask.append(self.multimask_in_sam and (job.is_init or self.multimask_tracking)
+                             and self.multimask_min <= num_points <= self.multimask_max)
+        out = self.graphs.run("sam2_video_decoder", {
+            "pix_feat": pix_feat[0] if len(jobs) == 1 else _join("concatenate", pix_feat),
+            "feat_s0": self._frame_input(jobs, "feat_s0"), "feat_s1": self._frame_input(jobs, "feat_s1"),
+            "point_coords": np.stack(coords), "point_labels": np.stack(labels),
+            "multimask": np.array([1.0 if m else 0.0 for m in multimask], np.float32)})
+        for job, (output, high_res) in zip(jobs, self._outputs(out, len(jobs))):
+            job.out, job.high_res = output, high_res
+
+    @staticmethod
+    def _outputs(out: dict[str, Any], count: int) -> list[tuple[FrameOutput, Any]]:
+        """Per object, its output and its high-res mask (for the memory encoder, after the other
+        objects), copied out of the graph's buffers."""
+        return [(FrameOutput(out["low_res_mask"][i:i + 1].copy(), out["object_pointer"][i:i + 1].copy(),
+                             out["object_score_logits"][i:i + 1].copy()),
+                 out["high_res_mask"][i:i + 1].copy()) for i in range(count)]
 
     def _select_cond(self, frame_idx: int, cond: dict[int, FrameOutput]):
         limit = self.max_cond_frames
@@ -495,8 +624,10 @@ class VideoTracker:
         selected.update((t, cond[t]) for t in rest[:limit - len(selected)])
         return selected, {t: v for t, v in cond.items() if t not in selected}
 
-    def _memory_conditioned(self, session: VideoSession, obj: TrackedObject, frame_idx: int,
-                            feats: dict[str, Any], reverse: bool):
+    def _memory_inputs(self, job: "_Job") -> dict[str, Any]:
+        """One object's memories (bfloat16 bits, positions, temporal indices) and pointers (with
+        their normalised temporal offsets), as `_prepare_memory_conditioned_features` selects them."""
+        obj, frame_idx, reverse = job.obj, job.step.request.frame_idx, job.reverse
         if not obj.cond:
             raise ModelRefusal(INVALID_ARGUMENT, f"object {obj.obj_id} has no prompted frame to track from")
         selected, unselected = self._select_cond(frame_idx, obj.cond)
@@ -506,7 +637,7 @@ class VideoTracker:
             memories.append((offset, obj.non_cond.get(previous, unselected.get(previous))))
         memories = [(o, m) for o, m in memories if m is not None]
         # pointers
-        num_frames = len(session.frames)
+        num_frames = len(job.step.request.session.frames)
         max_pointers = min(num_frames, self.max_pointers)
         sign = -1 if reverse else 1
         offsets, pointers = [], []
@@ -522,31 +653,44 @@ class VideoTracker:
             if out is not None:
                 offsets.append(distance)
                 pointers.append(out.object_pointer)
-        vision_feat = feats["vision_feat"]
-        feeds = {
-            "vision_feat": vision_feat, "vision_pos": feats["vision_pos"],
-            "maskmem_features": bfloat16_to_float32(_join("stack", [m.maskmem_features for _, m in memories])),
-            "maskmem_pos": _join("stack", [m.maskmem_pos for _, m in memories]),
-            "maskmem_tpos": np.array([(o - 1) % self.num_maskmem for o, _ in memories], np.int64),
-            # no pointer at all (tracked from a future prompt only): an empty host array, wherever the rest is
-            "object_pointers": (_join("concatenate", pointers) if pointers
-                                else np.zeros((0, vision_feat.shape[1]), np.float32)),
-            "pointer_tpos": (np.array(offsets, np.float32) / np.float32(max(max_pointers - 1, 1))).astype(np.float32),
-        }
-        return self.graphs.run("sam2_video_memory_attention", feeds)["pix_feat"]
+        return {"features": [m.maskmem_features for _, m in memories], "pos": [m.maskmem_pos for _, m in memories],
+                "tpos": [(o - 1) % self.num_maskmem for o, _ in memories], "pointers": pointers,
+                "pointer_tpos": (np.array(offsets, np.float32) / np.float32(max(max_pointers - 1, 1))).astype(np.float32)}
 
-    def _encode_memories(self, session: VideoSession, frame_idx: int,
-                         pending: list[tuple[FrameOutput, Any, bool]]) -> None:
-        if not pending or self.num_maskmem == 0:
-            return
-        feats = self._features(session, frame_idx)
-        count = len(pending)
-        xp = array_namespace(feats["vision_feat"])
+    def _attend(self, jobs: list["_Job"]) -> None:
+        """Memory attention for objects with the same number of memories and pointers, each on its
+        own memories: [B, F, ...] memories, [B, P, C] pointers."""
+        count, frames = len(jobs), len(jobs[0].memory["tpos"])
+        vision_feat = self._frame_input(jobs, "vision_feat")
+        features = bfloat16_to_float32(_join("stack", [f for j in jobs for f in j.memory["features"]]))
+        positions = _join("stack", [p for j in jobs for p in j.memory["pos"]])
+        pointers = [p for j in jobs for p in j.memory["pointers"]]
+        feeds = {
+            "vision_feat": vision_feat, "vision_pos": self._frame_input(jobs, "vision_pos"),
+            "maskmem_features": features.reshape(count, frames, *features.shape[1:]),
+            "maskmem_pos": positions.reshape(count, frames, *positions.shape[1:]),
+            "maskmem_tpos": np.array([j.memory["tpos"] for j in jobs], np.int64).reshape(count, frames),
+            # no pointer at all (tracked from a future prompt only): an empty host array, wherever the rest is
+            "object_pointers": (_join("concatenate", pointers).reshape(count, -1, vision_feat.shape[1]) if pointers
+                                else np.zeros((count, 0, vision_feat.shape[1]), np.float32)),
+            "pointer_tpos": np.stack([j.memory["pointer_tpos"] for j in jobs]),  # [B, P]
+        }
+        pix_feat = self.graphs.run("sam2_video_memory_attention", feeds)["pix_feat"]
+        for i, job in enumerate(jobs):
+            job.pix_feat = pix_feat[i:i + 1].copy()
+
+    def _encode_memories(self, steps: list["_Step"]) -> None:
+        """The memory of every object computed on the steps' frames, in one call; the masks
+        binarised when any object of the step came from clicks or a mask (the group's key)."""
+        jobs = [j for s in steps for j in s.jobs]
+        feats = [s.feats["vision_feat"] for s in steps for _ in s.jobs]
+        xp = array_namespace(feats[0])
         out = self.graphs.run("sam2_video_memory_encoder", {
-            "vision_feat": xp.repeat(feats["vision_feat"], count, axis=0),
-            "high_res_masks": _join("concatenate", [h for _, h, _ in pending]),
-            "object_score_logits": _join("concatenate", [o.object_score.reshape(1, 1) for o, _, _ in pending]),
-            "binarize": np.array([1.0 if any(p for _, _, p in pending) else 0.0], np.float32)})
+            "vision_feat": xp.repeat(feats[0], len(jobs), axis=0) if len(steps) == 1 else _join("concatenate", feats),
+            "high_res_masks": _join("concatenate", [j.high_res for j in jobs]),
+            "object_score_logits": _join("concatenate", [j.out.object_score.reshape(1, 1) for j in jobs]),
+            "binarize": np.array([1.0 if any(j.points is not None or j.mask is not None for j in jobs) else 0.0],
+                                 np.float32)})
         features = bfloat16_bits(out["maskmem_features"])
         # The memory position encoding depends only on the shape: one shared copy for every output.
         pos = out["maskmem_pos"][0]
@@ -555,6 +699,43 @@ class VideoTracker:
         if (known is None or array_namespace(known) is not xp or known.shape != pos.shape
                 or not bool(xp.array_equal(known, pos))):
             self._memory_pos = pos.copy()
-        for i, (output, _, _) in enumerate(pending):
-            output.maskmem_features = features[i].copy()
-            output.maskmem_pos = self._memory_pos
+        for i, job in enumerate(jobs):
+            job.out.maskmem_features = features[i].copy()
+            job.out.maskmem_pos = self._memory_pos
+
+
+@dataclass
+class StepRequest:
+    session: VideoSession
+    frame_idx: int
+    reverse: bool = False
+    cancelled: Callable[[], bool] | None = None
+
+
+@dataclass
+class _Step:
+    """One request's frame: per object (session order) its reused output or the job computing it."""
+    request: StepRequest
+    entries: list = field(default_factory=list)  # FrameOutput (reused) or _Job
+    jobs: list["_Job"] = field(default_factory=list)
+    feats: dict[str, Any] | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class _Job:
+    """One object's output to compute on a step's frame."""
+    step: _Step
+    obj: TrackedObject
+    is_init: bool
+    points: tuple[np.ndarray, np.ndarray] | None
+    mask: np.ndarray | None
+    reverse: bool
+    memory: dict[str, Any] | None = None
+    pix_feat: Any = None
+    out: FrameOutput | None = None
+    high_res: Any = None
+
+
+def _step_of(item: "_Step | _Job") -> _Step:
+    return item.step if isinstance(item, _Job) else item

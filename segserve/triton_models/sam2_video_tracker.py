@@ -6,7 +6,9 @@ rules are `sam2_video_core.VideoTracker` (transformers' `Sam2VideoModel`). Its g
 `graphs`) run inside this model (`inprocess`, the embedded target: ONNX Runtime or OpenVINO per
 graph, parameters `graph_runtime`, `graph_threads`, `graph_cache_dir`, see `graph_runner`) or are Triton's
 own models called through BLS (`bls`, the fleet: the memory bank stays on their GPU, in CuPy; no
-onnxruntime import). Each request is one operation (OP, `segserve.common.video_ops.TrackerOp`):
+onnxruntime import). Parameter `batch_objects` ("true" by default): every object of a frame, and
+the STEPs of the sessions in one execute(), share each graph call; "false": one call per object
+and per request, the path before batching (kept for comparison: `benchmarks/concurrency_video.py`). Each request is one operation (OP, `segserve.common.video_ops.TrackerOp`):
 
   0 FRAMES   FRAMES [1, F, H, W, 3] uint8: append frames (the START request carries the first ones)
   1 PROMPT   FRAME_INDEX, OBJ_IDS [1, O], POINT_COORDS [1, O, N, 2] (model frame; labels PAD_LABEL pad
@@ -14,7 +16,10 @@ onnxruntime import). Each request is one operation (OP, `segserve.common.video_o
              whose labels are all padding is a mask prompt: it takes the next of MASKS [1, K, H, W]
              (uint8, nonzero = object, at the frames' size), in request order
   2 STEP     FRAME_INDEX, REVERSE: one propagation step (the orchestrator walks the frames, one
-             request each, so steps of many sessions share execute() calls: Oldest batching)
+             request each, so steps of many sessions share execute() calls: Oldest batching).
+             The STEPs of different sessions in one execute() are computed together
+             (`VideoTracker.step_many`: one graph call per shape group for all their objects),
+             each still answered, or refused, on its own
   3 REMOVE   OBJ_IDS [1, 1]
   4 INFO     nothing (with END: close the session)
   5 START_FRAME  the default first frame of a propagation (earliest prompted frame)
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 from functools import partial
 
 import numpy as np
@@ -46,7 +52,7 @@ from segserve.common.status import INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUST
 from segserve.common.video_ops import PAD_LABEL, TrackerOp
 from segserve.triton_models.common import answer, optional_input, parameters, repository_root, scalar
 from segserve.triton_models.graph_runner import GraphSettings, describe
-from segserve.triton_models.sam2_video_core import GRAPH_OUTPUTS, LocalGraphs, VideoSession, VideoTracker
+from segserve.triton_models.sam2_video_core import GRAPH_OUTPUTS, LocalGraphs, StepRequest, VideoSession, VideoTracker
 
 
 def _graphs(args, params: dict[str, str]):
@@ -77,20 +83,34 @@ class TritonPythonModel:
                                     max_frame_bytes=int(params.get("max_frame_bytes", str(1 << 30))),
                                     max_memory_bytes=int(params.get("max_memory_bytes", str(2 << 30))),
                                     max_total_bytes=int(params.get("max_total_bytes", str(8 << 30))),
-                                    held_bytes=self._held_bytes)
+                                    held_bytes=self._held_bytes,
+                                    batch_objects=params.get("batch_objects", "true").lower() == "true")
         self.sessions: dict[int, VideoSession] = {}
         self.metric_family = pb_utils.MetricFamily(name="segserve_triton_video_sessions",
                                                    description="SAM 2 video sessions held in this model instance",
                                                    kind=pb_utils.MetricFamily.GAUGE)
         self.sessions_gauge = self.metric_family.Metric(labels={"model": args["model_name"],
                                                                 "instance": args["model_instance_name"]})
+        self.together_family = pb_utils.MetricFamily(
+            name="segserve_triton_video_steps_together",
+            description="STEP requests computed together with other sessions' STEPs in one execute()",
+            kind=pb_utils.MetricFamily.COUNTER)
+        self.together_counter = self.together_family.Metric(labels={"model": args["model_name"],
+                                                                    "instance": args["model_instance_name"]})
 
     def execute(self, requests):
         self._evict_expired()
+        stepped = {}
+        if self.tracker.batch_objects:
+            try:
+                stepped = self._steps_together(requests)
+            except Exception:  # each step is answered on its own: a fault here is a bug, logged, not fatal
+                pb_utils.Logger.log_error(f"{self.name}: steps together failed\n{traceback.format_exc()}")
         responses = []
-        for request in requests:
+        for index, request in enumerate(requests):
             corrid = int(scalar(request, "CORRID"))
-            responses.append(answer(request, partial(self._handle, corrid=corrid), self.name, f" (sequence {corrid})"))
+            handle = partial(self._handle, corrid=corrid, stepped=stepped.get(index))
+            responses.append(answer(request, handle, self.name, f" (sequence {corrid})"))
             if scalar(request, "END") and self.sessions.pop(corrid, None) is not None:
                 pb_utils.Logger.log_verbose(f"{self.name}: closed sequence {corrid}")
         self.sessions_gauge.set(len(self.sessions))
@@ -105,7 +125,30 @@ class TritonPythonModel:
             del self.sessions[corrid]
             pb_utils.Logger.log_verbose(f"{self.name}: sequence {corrid} expired after {self.ttl_s:g} s idle")
 
-    def _handle(self, request, corrid: int):
+    def _steps_together(self, requests) -> dict:
+        """The STEPs of different sessions held here, computed together: request index -> its
+        FrameResult or the exception that failed it alone. Any other request, and a session's second
+        request in this batch, is handled on its own, in order."""
+        corrids = [int(scalar(r, "CORRID")) for r in requests]
+        chosen = []
+        for index, (request, corrid) in enumerate(zip(requests, corrids)):
+            if (int(scalar(request, "OP", TrackerOp.INFO)) == TrackerOp.STEP and corrids.count(corrid) == 1
+                    and not scalar(request, "START") and not scalar(request, "END") and corrid in self.sessions):
+                chosen.append(index)
+        if len(chosen) < 2:
+            return {}
+        steps = []
+        for index in chosen:
+            request = requests[index]
+            session = self.sessions[corrids[index]]
+            session.last_used = time.monotonic()
+            steps.append(StepRequest(session, int(scalar(request, "FRAME_INDEX", -1)),
+                                     bool(scalar(request, "REVERSE", False)), request.is_cancelled))
+        results = self.tracker.step_many(steps)
+        self.together_counter.increment(len(steps))
+        return dict(zip(chosen, results))
+
+    def _handle(self, request, corrid: int, stepped=None):
         op = int(scalar(request, "OP", TrackerOp.INFO))
         frames = optional_input(request, "FRAMES")
         if scalar(request, "START"):
@@ -132,8 +175,11 @@ class TritonPythonModel:
         if op == TrackerOp.PROMPT:
             result = self._prompt(request, session)
         elif op == TrackerOp.STEP:
-            result = self.tracker.step(session, int(scalar(request, "FRAME_INDEX", -1)), bool(scalar(request, "REVERSE", False)),
-                                       cancelled=request.is_cancelled)
+            if isinstance(stepped, BaseException):
+                raise stepped
+            result = stepped if stepped is not None else self.tracker.step(
+                session, int(scalar(request, "FRAME_INDEX", -1)), bool(scalar(request, "REVERSE", False)),
+                cancelled=request.is_cancelled)
         else:
             result = None
             if op == TrackerOp.REMOVE:
