@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import sys
@@ -241,12 +240,7 @@ def main() -> None:
     video = video_objects_per_frame(args)
     if video is not None:
         result["video_objects_per_frame"] = video
-    machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    measure.publish(result, machine, args.out)
 
 
 if __name__ == "__main__":

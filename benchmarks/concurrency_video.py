@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import time
@@ -212,11 +211,7 @@ def main() -> None:
 
     measure.check_rounds(p, args.rounds, "--rounds")
     result = measure_objects_per_frame(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    out = args.out or ROOT / "out" / "bench_video_objects.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    measure.publish(result, out=args.out or ROOT / "out" / "bench_video_objects.json")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import contextlib
 import statistics
@@ -281,12 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup_batched_over_unbatched": round(batched_run["requests_per_s"] / unbatched_run["requests_per_s"], 2),
     }
     machine["torch_threads"] = torch.get_num_threads()
-    machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    measure.publish(report, machine, args.out)
     return report
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 import platform
 import statistics
@@ -353,3 +354,17 @@ def segmentation_agreement(ours, reference) -> dict:
     return {"label_map_agreement": round(same, 5), "segments": len(ours.segments),
             "reference_segments": len(reference.segments), "matched_segments": len(ious),
             "matched_segment_iou": iou_summary(ious)}
+
+
+def publish(result: dict, machine: dict | None = None, out: Path | None = None) -> str:
+    """Every benchmark's ending: the load average at the end into `machine`, the JSON printed and,
+    with `out`, written there."""
+    if machine is not None:
+        machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    return text

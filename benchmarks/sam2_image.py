@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import sys
 from pathlib import Path
@@ -234,12 +233,7 @@ def main() -> None:
         },
     }
     machine["torch_threads"] = torch.get_num_threads()
-    machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    measure.publish(result, machine, args.out)
 
 
 if __name__ == "__main__":

@@ -223,12 +223,7 @@ def main() -> None:
                                                                last["segserve_ort_fp32"].objects),
     }
     machine["torch_threads"] = torch.get_num_threads()
-    machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    measure.publish(result, machine, args.out)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import time
@@ -176,12 +175,7 @@ def main() -> None:
                    "worst_iou_bf16_autocast_vs_eager": worst(last["pytorch_bf16_autocast"], fp32_reference),
                    "worst_iou_concurrent_vs_single": min(worst(r, last["segserve_auto"]) for r in runs)},
     }
-    machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    text = json.dumps(result, indent=2)
-    print(text)
-    out = args.out or ROOT / "out" / "bench_video.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    measure.publish(result, machine, args.out or ROOT / "out" / "bench_video.json")
 
 
 if __name__ == "__main__":
