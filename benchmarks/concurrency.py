@@ -11,7 +11,7 @@ with one random point on an open image (masks back as RLE), through the orchestr
 
 - clicks_while_encoding: `--clickers` (6) users click on their open images while `--openers` (2)
   users open new images (OpenImage, then CloseImage) for `--duration` seconds. Click p50 / p99 and
-  their ratio (goal: p99 <= 2x p50), clicks and opens done.
+  their ratio, clicks and opens done.
 - batched_clicks: `--sessions` (8) users click at once, each on their own image, `--rounds`
   clicks each. Triton's statistics of `sam2_image_session` (executions against requests) and the
   model's decoder calls against decoded requests (its counters on Triton's metrics port), click
@@ -38,7 +38,6 @@ sys.path.insert(0, str(ROOT))
 
 PATHS = {"concurrent": "concurrent", "one_at_a_time": "serial"}  # name -> build option image_clicks
 MODEL = "sam2_image_session"
-GOAL_P99_OVER_P50 = 2.0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -154,7 +153,6 @@ def clicks_while_encoding(side: Side, images: list[np.ndarray], args) -> dict:
     clicks = measure.percentiles(latencies, 1e3)
     ratio = clicks["p99"] / clicks["p50"]
     return {"click_ms": clicks, "p99_over_p50": round(ratio, 3),
-            "goal": measure.target(ratio, GOAL_P99_OVER_P50, at_least=False),
             "clicks_per_s": round(len(latencies) / args.duration, 2),
             "open_image_s": measure.spread(opens) if opens else None, "opens": len(opens)}
 

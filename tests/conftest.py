@@ -105,6 +105,13 @@ def all_family_artifacts(family_export, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sam2_torch_model(sam2_artifacts):
+    from transformers import Sam2Model
+
+    return Sam2Model.from_pretrained(sam2_artifacts / "checkpoints" / "sam2-random-tiny").eval()
+
+
+@pytest.fixture(scope="session")
 def family_artifacts(family_export, tmp_path_factory):
     """`family_artifacts("sam2_video", "grounding_dino")` -> a fresh linked folder with those families
     only, from the session's exports (each family exported once per session, and only if some test
