@@ -138,9 +138,10 @@ class TritonPythonModel:
                 check_cancelled(request)
                 call = self._read(request, corrid, sender)
             except Exception as exc:  # refused alone; the rest of the batch goes on
-                send_final(sender, guarded(lambda exc=exc: _raise(exc), self.name, where))
                 if scalar(request, "END") or scalar(request, "START"):  # a refused START still ends the old one
                     self._close(corrid)
+                    self._update_gauge()
+                send_final(sender, guarded(lambda exc=exc: _raise(exc), self.name, where))
                 continue
             if call.start:
                 self._start(call)
@@ -230,9 +231,10 @@ class TritonPythonModel:
         return session
 
     def _refuse(self, call: Call, refusal: BaseException) -> None:
-        send_final(call.sender, guarded(lambda: _raise(refusal), self.name, f" (sequence {call.corrid})"))
-        if call.end:
+        if call.end:  # closed before the answer goes out, as in _answer
             self._close(call.corrid)
+            self._update_gauge()
+        send_final(call.sender, guarded(lambda: _raise(refusal), self.name, f" (sequence {call.corrid})"))
 
     def _start(self, call: Call) -> None:
         with self.lock:
@@ -285,6 +287,14 @@ class TritonPythonModel:
         """Answer requests whose session is open: prompts decoded in one call (batched) or one call
         each (solo); requests without a prompt get the image size."""
         prompted = [(c, s) for c, s in ready if c.prompt is not None]
+        # An END's session leaves the table (and the gauge) before any answer goes out, so a client
+        # that has its END answered never sees the session still held. Its last prompt still decodes:
+        # `ready` keeps the session.
+        ending = [c for c, _ in ready if c.end]
+        for call in ending:
+            self._close(call.corrid)
+        if ending:
+            self._update_gauge()
         for call, session in ready:
             if call.prompt is None:
                 self._send(call, lambda c=call, s=session: self._response(image_size(s), c))
@@ -296,9 +306,6 @@ class TritonPythonModel:
             groups = [[item] for item in prompted]
         for group in groups:
             self._decode_group(group)
-        for call, _ in ready:
-            if call.end:
-                self._close(call.corrid)
 
     def _decode_group(self, group: list[tuple[Call, ImageSession]]) -> None:
         if len(group) == 1:
