@@ -38,11 +38,11 @@ def model_coords(points, hw: tuple[int, int], size: int) -> torch.Tensor:
 
 
 def masks_from_low_res(low_res: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Low-res logits [h, w] -> bool mask [H, W]: bilinear upscale to the frame size, > 0."""
+    """Low-res logits [..., h, w] -> bool masks [..., H, W]: bilinear upscale to the frame size, > 0."""
     logits = torch.from_numpy(np.ascontiguousarray(low_res, dtype=np.float32))
-    upscaled = F.interpolate(logits.reshape(1, 1, *logits.shape[-2:]), size=tuple(hw), mode="bilinear",
-                             align_corners=False)
-    return (upscaled[0, 0] > 0.0).numpy()
+    lead, (h, w) = logits.shape[:-2], logits.shape[-2:]
+    upscaled = F.interpolate(logits.reshape(-1, 1, h, w), size=tuple(hw), mode="bilinear", align_corners=False)
+    return (upscaled[:, 0] > 0.0).reshape(*lead, *hw).numpy()
 
 
 def processor_mask(mask: np.ndarray, size: int) -> torch.Tensor:

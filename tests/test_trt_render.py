@@ -142,5 +142,8 @@ def test_validation_refuses_undocumented_accelerator_keys(ort_trt, tmp_path):
 
 def test_profiles_follow_the_limits(all_families):
     manifest = Manifest(all_families)
-    narrow = profiles_for(manifest, "sam2_prompt_decoder", Limits(image_points=4, image_boxes=2))[0]
+    narrow = profiles_for(manifest, "sam2_prompt_decoder", Limits(image_points=4, image_boxes=2, image_batch=1))[0]
     assert narrow["point_coords"][2][:2] == (2, 7)
+    # The session decodes the clicks of a whole execute() (its max_batch_size requests) in one call.
+    batched = profiles_for(manifest, "sam2_prompt_decoder", Limits(image_points=4, image_boxes=2, image_batch=8))[0]
+    assert batched["point_coords"][2][:2] == (16, 7)
