@@ -119,10 +119,6 @@ class OpenVinoRunner:
         import openvino as ov
 
         core = ov.Core()
-        # OpenVINO 2026.4 segfaults compiling sam2_video_mask_prompt with both CACHE_DIR and
-        # INFERENCE_NUM_THREADS 1 (reproducible here; either alone is fine), so a one-thread graph is
-        # compiled at each start instead of cached.
-        cache_dir = cache_dir if threads != 1 else None
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             core.set_property({"CACHE_DIR": str(cache_dir)})
@@ -132,9 +128,10 @@ class OpenVinoRunner:
                   "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": str(max(1, streams)), "ENABLE_CPU_PINNING": False}
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads)
-        # compile_model from the path (not a read model) so that CACHE_DIR applies.
+        # A read model, not the path: OpenVINO 2026.4 segfaults compiling sam2_video_mask_prompt from
+        # its path with CACHE_DIR set (reproducible); a read model is cached too, keyed by its hash.
         started = time.perf_counter()
-        self.compiled = core.compile_model(str(path), "CPU", config)
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         self.load_s = time.perf_counter() - started
         self.loaded_from_cache = bool(cache_dir is not None and self.compiled.get_property("LOADED_FROM_CACHE"))
         self.precision = precision
