@@ -127,11 +127,12 @@ class OpenVinoRunner:
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                   "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": str(max(1, streams)), "ENABLE_CPU_PINNING": False}
         if threads:
-            config["INFERENCE_NUM_THREADS"] = str(threads)
-        # A read model, not the path: OpenVINO 2026.4 segfaults compiling sam2_video_mask_prompt from
-        # its path with CACHE_DIR set (reproducible); a read model is cached too, keyed by its hash.
+            # At least 2: OpenVINO 2026.4 segfaults compiling sam2_video_mask_prompt with
+            # INFERENCE_NUM_THREADS 1 (reproducible here, with or without the cache).
+            config["INFERENCE_NUM_THREADS"] = str(max(2, threads))
+        # compile_model from the path (not a read model) so that CACHE_DIR applies.
         started = time.perf_counter()
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.compiled = core.compile_model(str(path), "CPU", config)
         self.load_s = time.perf_counter() - started
         self.loaded_from_cache = bool(cache_dir is not None and self.compiled.get_property("LOADED_FROM_CACHE"))
         self.precision = precision
