@@ -22,7 +22,7 @@ FORBIDDEN = {"torch", "transformers", "onnxruntime", "onnxruntime-gpu", "onnx", 
 # Third-party imports allowed beyond REQUIRED_PACKAGES, and only inside these functions or classes:
 # CuPy where a tensor lives on a GPU (the image installs requirements/triton-gpu.txt); ONNX Runtime,
 # OpenVINO and onnx in the embedded target's in-process graph runners (graph_runner.py).
-CONFINED = {"cupy": None, "onnxruntime": {"OrtRunner"}, "openvino": {"OpenVinoRunner"}, "onnx": {"_onnx_output_names"}}
+CONFINED = {"cupy": None, "onnxruntime": {"OrtRunner"}, "openvino": {"OpenVinoRunner"}, "onnx": {"_onnx_io_names"}}
 
 
 def _instructions() -> list[str]:

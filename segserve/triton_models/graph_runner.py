@@ -136,8 +136,11 @@ class OpenVinoRunner:
         self.load_s = time.perf_counter() - started
         self.loaded_from_cache = bool(cache_dir is not None and self.compiled.get_property("LOADED_FROM_CACHE"))
         self.precision = precision
-        self.input_names = [port.get_any_name() for port in self.compiled.inputs]
-        onnx_outputs = _onnx_output_names(path)
+        # An input port may carry several tensor names (e.g. an input that only feeds a Cast), and
+        # get_any_name() can pick an internal one: the ONNX input name is the port's name here.
+        onnx_inputs, onnx_outputs = _onnx_io_names(path)
+        self.input_names = [next((n for n in onnx_inputs if n in port.get_names()), port.get_any_name())
+                            for port in self.compiled.inputs]
         self._port_of: dict[str, int] = {}
         for index, port in enumerate(self.compiled.outputs):
             names = port.get_names()
@@ -161,13 +164,14 @@ class OpenVinoRunner:
             return {n: np.array(self._request.get_output_tensor(self._port_of[n]).data, copy=True) for n in names}
 
 
-def _onnx_output_names(path: Path) -> list[str]:
+def _onnx_io_names(path: Path) -> tuple[list[str], list[str]]:
     try:
         import onnx
     except ImportError:  # OpenVINO keeps the ONNX order; its port names then decide
-        return []
+        return [], []
     graph = onnx.load(str(path), load_external_data=False).graph
-    return [o.name for o in graph.output]
+    initializers = {i.name for i in graph.initializer}
+    return [i.name for i in graph.input if i.name not in initializers], [o.name for o in graph.output]
 
 
 def open_graph(path: Path, runtime: str = "onnxruntime", precision: str = "fp32", threads: int = 0,
