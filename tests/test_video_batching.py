@@ -23,12 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def video_artifacts(tmp_path_factory) -> Path:
-    from segserve.export.sam2_video import export_sam2_video
-
-    out = tmp_path_factory.mktemp("batching_video_artifacts")
-    export_sam2_video(None, out)
-    return out
+def video_artifacts(family_artifacts) -> Path:
+    return family_artifacts("sam2_video")  # the session's one video export (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
