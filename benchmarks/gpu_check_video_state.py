@@ -24,10 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segserve.common import sam2_transforms  # noqa: E402
 from segserve.common.synthetic_video import moving_shapes  # noqa: E402
-from segserve.triton_models.sam2_video_core import (  # noqa: E402
-    OrtGraphs, VideoSession, VideoTracker, propagation_order, to_host)
+from segserve.triton_models.sam2_video_core import OrtGraphs, VideoSession, VideoTracker, to_host  # noqa: E402
+from tests.video_tracker_run import play_script  # noqa: E402
 
 HW = (96, 128)
 
@@ -48,26 +47,9 @@ def session_script(centres, hw: tuple[int, int] = HW):
 
 def run_raw(tracker: VideoTracker, frames: np.ndarray, script):
     """[(frame, object ids, low-res logits [O, L, L], scores [O])] and the session."""
-    hw = frames.shape[1:3]
-    session = VideoSession()
-    tracker.add_frames(session, list(frames))
     results = []
-
-    def keep(r):
-        results.append((r.frame_index, r.obj_ids, r.low_res_masks, r.object_scores))
-
-    for action in script:
-        if action[0] == "prompt":
-            _, frame, objects = action
-            prompts = [p if isinstance(p, np.ndarray) else
-                       (sam2_transforms.to_model_coords(np.array(p[0], np.float32), hw, tracker.image_size),
-                        np.array(p[1], np.int32)) for p in objects.values()]
-            keep(tracker.add_prompts(session, frame, list(objects), prompts))
-        else:
-            _, start, reverse = action
-            start = tracker.start_frame(session) if start is None else start
-            for frame in propagation_order(start, len(frames), reverse):
-                keep(tracker.step(session, frame, reverse))
+    session = play_script(tracker, frames, script, lambda r: results.append(
+        (r.frame_index, r.obj_ids, r.low_res_masks, r.object_scores)))
     return results, session
 
 

@@ -45,7 +45,6 @@ import os
 
 os.environ.setdefault("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")
 
-import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import shutil  # noqa: E402
 import warnings  # noqa: E402
@@ -59,7 +58,7 @@ from transformers import AutoTokenizer, BertTokenizer, GroundingDinoConfig, Grou
 from transformers.models.grounding_dino import modeling_grounding_dino as _gd  # noqa: E402
 
 from .manifest import ArtifactRecord, Manifest, verify_checkpoint  # noqa: E402
-from .onnx_export import (GraphSpec, ParityError, Step, artifact_settings, export_artifact, log,  # noqa: E402
+from .onnx_export import (GraphSpec, ParityError, Step, artifact_settings, export_artifact, family_parser, log,  # noqa: E402
                           ort_session, random_checkpoint)
 
 NAME = "grounding_dino"
@@ -504,15 +503,8 @@ def export_grounding_dino(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Export Grounding DINO to ONNX at a fixed (letterbox) image size")
-    parser.add_argument("--checkpoint", type=Path,
-                        help="local Hugging Face directory with model and tokenizer; random weights if omitted")
-    parser.add_argument("--out", type=Path, default=Path("artifacts"))
-    parser.add_argument("--image-size", type=int, help="square export size (default 256 tiny random, else 800)")
-    parser.add_argument("--expect-sha256", help="refuse a checkpoint whose hash differs")
-    parser.add_argument("--random-size", choices=RANDOM_CONFIGS, default="tiny")
-    parser.add_argument("--force", action="store_true", help="re-export even when a cached graph matches")
-    args = parser.parse_args(argv)
+    args = family_parser("Export Grounding DINO to ONNX at a fixed (letterbox) image size", RANDOM_CONFIGS,
+                         "square export size (default 256 tiny random, else 800)").parse_args(argv)
     record = export_grounding_dino(args.checkpoint, args.out, args.image_size, args.expect_sha256, args.force,
                                    args.random_size)
     log(f"{record.name}: {args.out / record.file} sha256 {record.sha256[:12]} parity {record.parity['max_abs_error']:.2e}")

@@ -19,7 +19,6 @@ checked to hold no float64 tensor and no op outside the standard ONNX domain.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import warnings
@@ -32,7 +31,7 @@ from torch import nn
 from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
 
 from .manifest import ArtifactRecord, Manifest, verify_checkpoint
-from .onnx_export import GraphSpec, Step, artifact_settings, export_artifact, log, random_checkpoint
+from .onnx_export import GraphSpec, Step, artifact_settings, export_artifact, family_parser, log, random_checkpoint
 
 GRAPH = "mask2former"
 FAMILY = "mask2former"
@@ -287,15 +286,9 @@ def export_mask2former(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Export Mask2Former (universal segmentation) to ONNX")
-    parser.add_argument("--checkpoint", type=Path, help="HF checkpoint directory; random weights if omitted")
-    parser.add_argument("--out", type=Path, default=Path("artifacts"))
-    parser.add_argument("--image-size", type=int, help="fixed export size S (multiple of 32); "
-                        "default 384 for the tiny random model, 512 otherwise")
-    parser.add_argument("--expect-sha256", help="refuse the checkpoint unless it hashes to this")
-    parser.add_argument("--random-size", choices=RANDOM_CONFIGS, default="tiny")
-    parser.add_argument("--force", action="store_true", help="re-export even when the cached graph is current")
-    args = parser.parse_args(argv)
+    args = family_parser("Export Mask2Former (universal segmentation) to ONNX", RANDOM_CONFIGS,
+                         "fixed export size S (multiple of 32); default 384 for the tiny random model, 512 otherwise"
+                         ).parse_args(argv)
     record = export_mask2former(args.checkpoint, args.out, args.image_size, args.expect_sha256, args.force,
                                 args.random_size)
     print(json.dumps({"name": record.name, "file": str(Path(args.out) / record.file), "sha256": record.sha256,

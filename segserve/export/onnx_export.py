@@ -6,6 +6,7 @@ tolerance, incremental reuse through the manifest, and progress output.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -27,6 +28,21 @@ EXPORT_FORMAT_VERSION = 1
 
 class ParityError(RuntimeError):
     pass
+
+
+def family_parser(description: str, random_configs: Sequence[str], image_size_help: str | None = None
+                  ) -> argparse.ArgumentParser:
+    """The options every family's export script takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--checkpoint", type=Path,
+                        help="Hugging Face directory (or Meta .pt for SAM 2); random weights if omitted")
+    parser.add_argument("--out", type=Path, default=Path("artifacts"))
+    if image_size_help:
+        parser.add_argument("--image-size", type=int, help=image_size_help)
+    parser.add_argument("--expect-sha256", help="refuse a checkpoint whose hash differs")
+    parser.add_argument("--random-size", choices=random_configs, default=random_configs[0])
+    parser.add_argument("--force", action="store_true", help="re-export even when a cached graph matches")
+    return parser
 
 
 def log(message: str) -> None:

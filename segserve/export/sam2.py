@@ -17,7 +17,6 @@ decoder once per prompt on cached embeddings.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,8 @@ from transformers import Sam2Config, Sam2Model
 from segserve.common.sam2_transforms import ABSENT_LABEL
 
 from .manifest import ArtifactRecord, Manifest, verify_checkpoint
-from .onnx_export import DEFAULT_OPSET, GraphSpec, Step, artifact_settings, export_artifact, log, random_checkpoint
+from .onnx_export import (DEFAULT_OPSET, GraphSpec, Step, artifact_settings, export_artifact, family_parser, log,
+                          random_checkpoint)
 
 ENCODER = "sam2_image_encoder"
 DECODER = "sam2_prompt_decoder"
@@ -386,13 +386,7 @@ def export_sam2(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Export SAM 2 image encoder and prompt decoder to ONNX")
-    parser.add_argument("--checkpoint", type=Path, help="HF directory or official .pt; random weights if omitted")
-    parser.add_argument("--out", type=Path, default=Path("artifacts"))
-    parser.add_argument("--expect-sha256")
-    parser.add_argument("--random-size", choices=RANDOM_CONFIGS, default="tiny")
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args(argv)
+    args = family_parser("Export SAM 2 image encoder and prompt decoder to ONNX", RANDOM_CONFIGS).parse_args(argv)
     export_sam2(args.checkpoint, args.out, args.expect_sha256, args.random_size, args.force)
 
 

@@ -25,7 +25,6 @@ runs these graphs, split where `Sam2VideoModel`'s own per-frame step splits:
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,8 @@ from transformers import Sam2VideoConfig, Sam2VideoModel
 from transformers.models.sam2_video.modeling_sam2_video import get_1d_sine_pe
 
 from .manifest import ArtifactRecord, Manifest, verify_checkpoint
-from .onnx_export import DEFAULT_OPSET, GraphSpec, Step, artifact_settings, export_artifact, log, random_checkpoint
+from .onnx_export import (DEFAULT_OPSET, GraphSpec, Step, artifact_settings, export_artifact, family_parser, log,
+                          random_checkpoint)
 
 ENCODER = "sam2_video_image_encoder"
 MEMORY_ATTENTION = "sam2_video_memory_attention"
@@ -535,13 +535,7 @@ def export_sam2_video(checkpoint: Path | None, out_dir: Path, expect_sha256: str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Export the SAM 2 video tracking graphs to ONNX")
-    parser.add_argument("--checkpoint", type=Path, help="HF directory or official .pt; random weights if omitted")
-    parser.add_argument("--out", type=Path, default=Path("artifacts"))
-    parser.add_argument("--expect-sha256")
-    parser.add_argument("--random-size", choices=RANDOM_CONFIGS, default="tiny")
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args(argv)
+    args = family_parser("Export the SAM 2 video tracking graphs to ONNX", RANDOM_CONFIGS).parse_args(argv)
     export_sam2_video(args.checkpoint, args.out, args.expect_sha256, args.random_size, args.force)
 
 
