@@ -153,6 +153,34 @@ def test_judge_and_detection_matching():
     assert sorted((i, j) for i, j, _ in pairs) == [(0, 1), (1, 0)]
 
 
+
+def test_segment_settings_lowered_only_when_the_served_ones_keep_nothing():
+    """Random weights at real size score every query about 1/num_labels: at the served thresholds
+    the panoptic comparison would compare nothing with nothing."""
+    from segserve.common import mask2former_post as post
+
+    rng = np.random.default_rng(3)
+    queries, labels, size = 12, 40, (64, 64)
+    flat = {"class_queries_logits": rng.normal(0, 0.05, (1, queries, labels + 1)).astype(np.float32),
+            "masks_queries_logits": np.full((1, queries, 16, 16), -4.0, np.float32)}
+    for k in range(queries):  # each query covers its own 4x4 block of a 4x4 grid
+        flat["masks_queries_logits"][0, k, 4 * (k // 4):4 * (k // 4) + 4, 4 * (k % 4):4 * (k % 4) + 4] = 4.0
+    flat["class_queries_logits"][..., -1] -= 1.0  # "no object" never wins
+    served = {"threshold": 0.5, "mask_threshold": 0.5, "overlap_mask_area_threshold": 0.8}
+
+    def segments(logits, options):
+        return post.post_process_panoptic_segmentation(logits["class_queries_logits"], logits["masks_queries_logits"],
+                                                       target_sizes=[size], mask_size=16, **options)[0].segments_info
+
+    assert segments(flat, served) == []
+    lowered = precision._segment_settings(post, flat, [size], 16, served)
+    assert lowered["threshold"] < 0.05 and lowered["mask_threshold"] == lowered["threshold"] / 2
+    assert len(segments(flat, lowered)) >= 1
+    confident = {**flat, "class_queries_logits": flat["class_queries_logits"].copy()}
+    confident["class_queries_logits"][0, :3, 0] += 12.0  # three queries sure of label 0
+    assert segments(confident, served) and precision._segment_settings(post, confident, [size], 16, served) is served
+
+
 @needs_bf16
 def test_model_info_json_and_message(measured):
     from segserve.orchestrator.model_info import add_graphs

@@ -88,6 +88,8 @@ TIE_MARGIN = 0.02  # a detection this close to the box threshold may cross it in
 # for trained weights; a measurement needs a set of a few dozen detections at most, so the box
 # threshold is the served one unless that leaves none, then the 20th best score (recorded).
 MAX_DETECTIONS = 20
+# Mask2Former's the same way (`_segment_settings`).
+MAX_SEGMENT_QUERIES = 20
 
 
 class PrecisionError(RuntimeError):
@@ -395,6 +397,24 @@ def _match_segments(a, b) -> list[tuple[int, int, float]]:
     return pairs
 
 
+def _segment_settings(post, fp32_out: dict, sizes, mask_size: int, options: dict) -> dict:
+    """The served post-processing if the fp32 panoptic result keeps a segment with it. Otherwise
+    (random weights at real size: every query scores about 1/num_labels) the score threshold goes
+    just under the MAX_SEGMENT_QUERIES-th best query's score, and the mask threshold, which applies
+    to score-weighted mask probabilities, to half of that, so that there are segments to compare."""
+    args = (fp32_out["class_queries_logits"], fp32_out["masks_queries_logits"])
+    if post.post_process_panoptic_segmentation(*args, target_sizes=sizes, mask_size=mask_size,
+                                               **options)[0].segments_info:
+        return options
+    probs = post.softmax(fp32_out["class_queries_logits"][0])
+    kept = probs.argmax(-1) != probs.shape[-1] - 1  # the last class is "no object"
+    if not kept.any():
+        return options
+    scores = np.sort(probs.max(-1)[kept])[::-1]
+    threshold = float(scores[min(MAX_SEGMENT_QUERIES, len(scores)) - 1]) * 0.999
+    return {**options, "threshold": threshold, "mask_threshold": threshold / 2}
+
+
 def measure_mask2former(manifest: Manifest, threads: int = 0, cache_dir: Path | None = None) -> dict[str, dict]:
     from segserve.common import mask2former_post as post
 
@@ -406,6 +426,8 @@ def measure_mask2former(manifest: Manifest, threads: int = 0, cache_dir: Path | 
     mask_size = settings.get("mask_size", post.HF_MASK_SIZE)
     outs = {"fp32": fp32["mask2former"].run({"pixel_values": pixels}),
             "bf16": bf16["mask2former"].run({"pixel_values": pixels})}
+    served = dict(options)
+    options = _segment_settings(post, outs["fp32"], sizes, mask_size, options)
     semantic, panoptic = {}, {}
     for key, out in outs.items():
         args = (out["class_queries_logits"], out["masks_queries_logits"])
@@ -425,8 +447,10 @@ def measure_mask2former(manifest: Manifest, threads: int = 0, cache_dir: Path | 
         "segment_precision": round(len(pairs) / n_got, 6) if n_got else 0.0,
         "median_segment_iou": round(float(np.median(ious)), 6) if ious else 0.0,
         "min_segment_iou": round(float(min(ious)), 6) if ious else 0.0,
-        "inputs": f"scikit-image's astronaut {sizes[0][1]}x{sizes[0][0]}; the served post-processing {options}, "
-                  f"mask_size {mask_size}",
+        "post_processing": {k: round(float(v), 6) for k, v in options.items()}, "served_post_processing": served,
+        "inputs": f"scikit-image's astronaut {sizes[0][1]}x{sizes[0][0]}, mask_size {mask_size}; the served "
+                  f"post-processing, or where that keeps no segment, the score threshold under the "
+                  f"{MAX_SEGMENT_QUERIES}th best query score and the mask threshold at half of it",
         "setup": "bf16 vs fp32: semantic label maps, panoptic segments matched by label and mask IoU > 0.5",
     }}
 
