@@ -290,3 +290,32 @@ def test_open_graph_imports_from_the_cache_faster_than_it_compiles(sam2_artifact
     assert not any(r.loaded_from_cache for r in cold) and all(r.loaded_from_cache for r in warm)
     assert min(r.load_s for r in warm) < min(r.load_s for r in cold), ([r.load_s for r in cold],
                                                                         [r.load_s for r in warm])
+
+
+def test_a_re_exported_graph_of_the_same_size_is_compiled_again(tmp_path):
+    """OpenVINO keys a model compiled from a path by path and file size: a re-export at the same
+    path that changes only a constant would otherwise import the stale compiled model."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from segserve.triton_models.graph_runner import OpenVinoRunner
+
+    def add_constant(value: float) -> onnx.ModelProto:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+        constant = helper.make_tensor("c", TensorProto.FLOAT, [1, 4], [value] * 4)
+        graph = helper.make_graph([helper.make_node("Add", ["x", "c"], ["y"])], "g", [x], [y], [constant])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    path, cache = tmp_path / "model.onnx", tmp_path / "cache"
+    zeros = {"x": np.zeros((1, 4), np.float32)}
+    onnx.save(add_constant(1.0), path)
+    first = OpenVinoRunner(path, "fp32", cache_dir=cache)
+    assert OpenVinoRunner(path, "fp32", cache_dir=cache).loaded_from_cache  # the cache works
+    size = path.stat().st_size
+    onnx.save(add_constant(2.0), path)
+    assert path.stat().st_size == size
+    again = OpenVinoRunner(path, "fp32", cache_dir=cache)
+    assert not again.loaded_from_cache
+    np.testing.assert_array_equal(first.run(zeros)["y"], np.full((1, 4), 1.0, np.float32))
+    np.testing.assert_array_equal(again.run(zeros)["y"], np.full((1, 4), 2.0, np.float32))

@@ -8,8 +8,9 @@ of a buffer the next run reuses). Used in the embedded target by the graph model
 - `onnxruntime`: fp32 only (its CPU provider has no AMX bf16 path, microsoft/onnxruntime#19937).
 - `openvino`: fp32, or bf16 (`INFERENCE_PRECISION_HINT`) where the CPU has native bf16 (AMX or
   AVX512-BF16); elsewhere a bf16 request runs fp32 with a warning rather than emulated and slow.
-  Compiled models are cached in `cache_dir` (OpenVINO's CACHE_DIR), so a restarted Triton does not
-  recompile. OpenVINO renames ONNX outputs, so outputs are matched through `get_names()`.
+  Compiled models are cached in `cache_dir` (OpenVINO's CACHE_DIR, a folder per model content), so
+  a restarted Triton does not recompile. OpenVINO renames ONNX outputs, so outputs are matched
+  through `get_names()`.
 - `auto` (`resolve`): OpenVINO bf16 where the CPU has native bf16, ONNX Runtime fp32 elsewhere.
 
 The builder chooses per graph and renders the choice into each model's config
@@ -24,6 +25,7 @@ The builder chooses per graph and renders the choice into each model's config
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -111,6 +113,18 @@ class OrtRunner:
         return dict(zip(names, self.session.run(names, feeds)))
 
 
+def content_cache_dir(cache_dir: Path, model_path: Path) -> Path:
+    """The compiled-model cache of this model file's content. OpenVINO keys a model compiled from
+    a path by the path and the file's size, not its content: a re-export of the same size at the
+    same path (a changed constant or reshape) would import the stale compiled model and answer
+    wrongly, silently. A folder per content hash rules that out."""
+    digest = hashlib.sha256()
+    with open(model_path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return cache_dir / digest.hexdigest()[:24]
+
+
 class OpenVinoRunner:
     runtime = "openvino"
 
@@ -120,7 +134,8 @@ class OpenVinoRunner:
 
         core = ov.Core()
         if cache_dir is not None:
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            cache_dir = content_cache_dir(Path(cache_dir), Path(path))
+            cache_dir.mkdir(parents=True, exist_ok=True)
             core.set_property({"CACHE_DIR": str(cache_dir)})
         # One stream of `threads` threads. No pinning: every Python model instance is a process of its
         # own, and pinned threads of several processes would share the same first cores.
