@@ -78,17 +78,19 @@ class _TimedGraphs:
 
 
 def graph_breakdown(artifacts: Path, config: dict, frames, counts: list[int], threads: int, rounds: int,
-                    cpu_runtime: str) -> dict:
-    """Per path and object count: seconds per tracked frame in process, and each graph's share."""
+                    served_graphs: dict[str, str]) -> dict:
+    """Per path and object count: seconds per tracked frame in process, and each graph's share.
+    `served_graphs`: graph -> "runtime precision" as the served tracker runs it (the precision gate
+    may serve some graphs in bf16 and others in fp32)."""
     import numpy as np
 
     from benchmarks import measure
     from segserve.common import sam2_transforms
-    from segserve.triton_models.graph_runner import GraphSettings, resolve
+    from segserve.triton_models.graph_runner import GraphSettings
     from segserve.triton_models.sam2_video_core import GRAPH_NAMES, LocalGraphs, VideoSession, VideoTracker
 
-    runtime, precision = resolve(*(("auto", None) if cpu_runtime == "auto" else ("onnxruntime", "fp32")))
-    settings = GraphSettings({g: {"runtime": runtime, "precision": precision} for g in GRAPH_NAMES}, threads)
+    choices = {g: dict(zip(("runtime", "precision"), served_graphs[g].split())) for g in GRAPH_NAMES}
+    settings = GraphSettings(choices, threads)
     timed = _TimedGraphs(LocalGraphs.from_artifacts(artifacts, settings=settings))
     size = int(config["image_size"])
     hw = frames.shape[1:3]
@@ -194,7 +196,7 @@ def measure_objects_per_frame(args) -> dict:
     }
     if args.breakdown:
         result["in_process_breakdown"] = graph_breakdown(artifacts, records["sam2_video_decoder"].model_config, frames,
-                                                         counts, args.threads, args.rounds, args.cpu_runtime)
+                                                         counts, args.threads, args.rounds, served["batched"]["graphs"])
     machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     return result
 

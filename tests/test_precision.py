@@ -74,16 +74,17 @@ def test_every_graph_measured_on_non_trivial_references(measured):
         assert record.onnx_sha256 == Manifest(out).records[name].sha256
         if not record.passed:
             assert "served in fp32" in record.reason
-    # The video graphs only run together: measured all in bf16 and with the encoder alone in bf16.
-    # The other four share a verdict, and pass only where the encoder does (a measured mix).
-    encoder_record = records[precision.VIDEO_ENCODER]
-    others = [records[g] for g in precision.SAM2_VIDEO_GRAPHS if g != precision.VIDEO_ENCODER]
-    assert len({r.status for r in others}) == 1
-    assert encoder_record.passed or not others[0].passed
-    tiers = others[0].metrics
-    for key in ("median_iou", "min_iou"):
-        assert tiers[key] == min(tiers["all_graphs_bf16"][key], tiers["encoder_only_bf16"][key])
-        assert encoder_record.metrics[key] == tiers["encoder_only_bf16"][key]
+    # The video graphs only run together: tracked in nested bf16 tiers. A graph passes only where
+    # every tier up to the first that holds it passes, so the graphs in bf16 are one measured tier.
+    video = {g: records[g] for g in precision.SAM2_VIDEO_GRAPHS}
+    tiers = video[precision.VIDEO_ENCODER].metrics["tiers"]
+    assert [t["bf16"] for t in tiers] == [list(t) for t in precision.VIDEO_BF16_TIERS]
+    for name, record in video.items():
+        own = record.metrics["tier"]
+        assert name in tiers[own]["bf16"] and (own == 0 or name not in tiers[own - 1]["bf16"])
+        for key in ("median_iou", "min_iou"):
+            assert record.metrics[key] == min(t[key] for t in tiers[:own + 1])
+    assert {g for g, r in video.items() if r.passed} in [set()] + [set(t) for t in precision.VIDEO_BF16_TIERS]
     assert sorted(records["sam2_video_decoder"].shared_with) == sorted(set(precision.SAM2_VIDEO_GRAPHS) - {
         "sam2_video_decoder"})
     # Written to the manifest, and kept when something else saves it.
@@ -106,6 +107,27 @@ def test_records_are_reused_not_remeasured(measured, monkeypatch):
     served = precision.graph_precisions(Manifest(out), "bf16")
     assert served == {n: r.served_precision for n, r in records.items()}
     assert precision.graph_precisions(Manifest(out), "fp32") == {n: "fp32" for n in ALL_GRAPHS}
+
+
+
+@needs_bf16
+def test_a_record_of_an_older_measurement_is_measured_again(measured, tmp_path, monkeypatch):
+    out = _copy(measured[0], tmp_path / "artifacts", keep={"mask2former"})
+    manifest = Manifest(out)
+    assert manifest.precisions["mask2former"].metrics["method"] == precision.METHODS["mask2former"]
+    manifest.precisions["mask2former"].metrics["method"] = precision.METHODS["mask2former"] - 1
+    manifest.save()
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return precision.measure_mask2former(*args, **kwargs)
+
+    monkeypatch.setitem(precision.MEASURES, "mask2former", counted)
+    record = precision.measure(out, ["mask2former"])["mask2former"]
+    assert len(calls) == 1 and record.metrics["method"] == precision.METHODS["mask2former"]
+    precision.measure(out, ["mask2former"])  # now current: reused
+    assert len(calls) == 1
 
 
 @needs_bf16
@@ -131,24 +153,25 @@ def test_failing_gate_serves_fp32(measured, tmp_path, monkeypatch):
 
 
 @needs_bf16
-def test_video_encoder_alone_in_bf16_is_a_served_mix(measured, tmp_path, monkeypatch):
-    """A gate that the encoder-alone run meets and the all-bf16 run does not serves the encoder in
-    bf16 and the other four in fp32; the all-bf16 run's own figures are kept to show why."""
+def test_video_serves_the_largest_passing_tier(measured, tmp_path, monkeypatch):
+    """Re-judged with a gate at the encoder-alone run's median IoU: the encoder serves bf16, and so
+    does each further tier's graphs while every tier up to it meets that bound."""
     out = _copy(measured[0], tmp_path / "artifacts")
     monkeypatch.setattr(precision, "MEASURES", {})  # a new gate re-judges the stored metrics
-    tiers = Manifest(out).precisions["sam2_video_decoder"].metrics
-    encoder_median = tiers["encoder_only_bf16"]["median_iou"]
-    gate = {"sam2_video": {"median_iou": encoder_median, "min_iou": 0.0}}
-    records = precision.measure(out, ["sam2_video"], gates=gate)
+    tiers = Manifest(out).precisions[precision.VIDEO_ENCODER].metrics["tiers"]
+    bound = tiers[0]["median_iou"]
+    expected = set()
+    for tier in tiers:
+        if tier["median_iou"] < bound:
+            break
+        expected = set(tier["bf16"])
+    precision.measure(out, ["sam2_video"], gates={"sam2_video": {"median_iou": bound, "min_iou": 0.0}})
     served = precision.graph_precisions(Manifest(out), "bf16")
-    assert records[precision.VIDEO_ENCODER].passed and served[precision.VIDEO_ENCODER] == "bf16"
-    all_bf16_meets_it = tiers["all_graphs_bf16"]["median_iou"] >= encoder_median
-    for graph in precision.SAM2_VIDEO_GRAPHS:
-        if graph != precision.VIDEO_ENCODER:
-            assert served[graph] == ("bf16" if all_bf16_meets_it else "fp32"), graph
+    assert precision.VIDEO_ENCODER in expected
+    assert {g for g in precision.SAM2_VIDEO_GRAPHS if served[g] == "bf16"} == expected
     # A gate above the encoder-alone figure: everything in fp32.
-    strict = {"sam2_video": {"median_iou": min(encoder_median + 1e-6, 1.01), "min_iou": 0.0}}
-    precision.measure(out, ["sam2_video"], gates=strict)
+    precision.measure(out, ["sam2_video"], gates={"sam2_video": {"median_iou": min(bound + 1e-6, 1.01),
+                                                                 "min_iou": 0.0}})
     assert {precision.graph_precisions(Manifest(out), "bf16")[g] for g in precision.SAM2_VIDEO_GRAPHS} == {"fp32"}
 
 
