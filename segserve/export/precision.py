@@ -58,14 +58,17 @@ FAMILY_GRAPHS: dict[str, tuple[str, ...]] = {
 MEASURED_TOGETHER = {"sam2_video"}
 VIDEO_ENCODER = "sam2_video_image_encoder"
 # SAM 2 video in bf16 is tracked in nested configurations (`measure_sam2_video`), each adding graphs
-# in the order of the time they save: the encoder (most of a one-object frame), memory attention
-# (most of each further object), then the rest. The memory encoder comes last: its bf16 memories
-# feed back into every later frame (random weights at 512²: IoU 0.72 with it, 0.99 without it).
+# in the order of the time they save: the encoder (most of a one-object frame), then memory
+# attention (most of each further object). The other three stay fp32:
+# - the memory encoder: its bf16 memories feed back into every later frame (random weights at 512²:
+#   IoU 0.72 with it in bf16, 0.98-0.99 without it);
+# - the decoder and the mask prompt: OpenVINO 2026.4 aborts the process ("Data offsets with invalid
+#   ranks detected" in a Subgraph of the decoder's cross-attention, then free(): invalid pointer)
+#   when a tracker imports their bf16 compiled model from a cache that another process wrote, the
+#   normal case when the precision measurement or another Triton model compiled it first.
 VIDEO_BF16_TIERS: tuple[tuple[str, ...], ...] = (
     (VIDEO_ENCODER,),
     (VIDEO_ENCODER, "sam2_video_memory_attention"),
-    (VIDEO_ENCODER, "sam2_video_memory_attention", "sam2_video_decoder", "sam2_video_mask_prompt"),
-    SAM2_VIDEO_GRAPHS,
 )
 
 # Gates: metric -> [">=" | "<=", bound]. Chosen from what was measured:
@@ -260,7 +263,11 @@ def measure_sam2_video(manifest: Manifest, threads: int = 0, cache_dir: Path | N
                          "one mask prompt on frame 0, propagated forward; masks per frame and object")
     metrics = {}
     for name in SAM2_VIDEO_GRAPHS:
-        own = next(i for i, graphs in enumerate(VIDEO_BF16_TIERS) if name in graphs)
+        own = next((i for i, graphs in enumerate(VIDEO_BF16_TIERS) if name in graphs), None)
+        if own is None:  # fp32 in every tier: the figures are those of the largest tier
+            metrics[name] = {**tiers[-1], **common, "bf16_offered": False,
+                             "setup": "not offered in bf16 (see VIDEO_BF16_TIERS); figures of the largest tier"}
+            continue
         metrics[name] = {**tiers[own], **common, "tier": own,
                          **{k: min(t[k] for t in tiers[:own + 1]) for k in ("median_iou", "min_iou", "mean_iou")},
                          "setup": f"bf16 {list(VIDEO_BF16_TIERS[own])}, the other graphs fp32, against all five in "
@@ -488,8 +495,9 @@ def measure_mask2former(manifest: Manifest, threads: int = 0, cache_dir: Path | 
 
 
 # Bumped when a family's measurement changes, so that older records are measured again:
-# sam2_video 2 (nested bf16 tiers), mask2former 2 (thresholds that keep segments).
-METHODS = {"sam2": 1, "sam2_video": 2, "grounding_dino": 1, "mask2former": 2}
+# sam2_video 3 (nested bf16 tiers, the encoder and memory attention), mask2former 2 (thresholds
+# that keep segments).
+METHODS = {"sam2": 1, "sam2_video": 3, "grounding_dino": 1, "mask2former": 2}
 MEASURES: dict[str, Callable[..., dict[str, dict]]] = {
     "sam2": measure_sam2_image, "sam2_video": measure_sam2_video,
     "grounding_dino": measure_grounding_dino, "mask2former": measure_mask2former,
@@ -501,7 +509,7 @@ MEASURES: dict[str, Callable[..., dict[str, dict]]] = {
 
 def judge(metrics: dict[str, Any], gate: dict[str, list]) -> list[str]:
     """The gate's failures (empty: passed)."""
-    failures = []
+    failures = ["bf16 not offered for this graph"] if metrics.get("bf16_offered") is False else []
     for name, (op, bound) in gate.items():
         value = metrics.get(name)
         if value is None:
