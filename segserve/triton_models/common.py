@@ -115,3 +115,13 @@ def respond_each(requests, handle: Callable, model: str, where: Callable | None 
     """One response per request: a refused or failing request gets an error response and the
     others in the batch are still answered."""
     return [answer(request, handle, model, where(request) if where else "") for request in requests]
+
+
+def release_metrics(owner, *names: str) -> None:
+    """Drop the custom metrics (then their families) that `owner` keeps, in `finalize()`. A Metric
+    that outlives finalize is destroyed when the stub tears down, after its shared memory is gone:
+    the Python backend stub (2.51) then segfaults in Metric::SaveToSharedMemory on a null
+    SharedMemoryManager ("segfault at 60" in dmesg). List metrics before their families."""
+    for name in names:
+        if hasattr(owner, name):
+            setattr(owner, name, None)

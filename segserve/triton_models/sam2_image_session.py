@@ -41,8 +41,8 @@ import triton_python_backend_utils as pb_utils
 from segserve.common import rle, sam2_transforms
 from segserve.common.status import INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, ModelRefusal
 from segserve.triton_models import sam2_image_batch as batching
-from segserve.triton_models.common import (check_cancelled, guarded, optional_input, parameters, repository_root,
-                                           scalar, send_final)
+from segserve.triton_models.common import (check_cancelled, guarded, optional_input, parameters, release_metrics,
+                                           repository_root, scalar, send_final)
 from segserve.triton_models.graph_runner import GraphSettings, describe
 from segserve.triton_models.sam2_runner import BlsRunner, InProcessRunner
 
@@ -124,6 +124,8 @@ class TritonPythonModel:
 
     def finalize(self):
         self.encoders.shutdown(wait=True, cancel_futures=True)
+        release_metrics(self, "sessions_gauge", "decoder_calls", "decoded_requests",
+                        "metric_family", "decoder_family", "decoded_family")
 
     # ------------------------------------------------------------------------------------ execute
 

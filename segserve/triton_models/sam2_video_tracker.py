@@ -50,7 +50,8 @@ import triton_python_backend_utils as pb_utils
 from segserve.common import rle, sam2_transforms
 from segserve.common.status import INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, ModelRefusal
 from segserve.common.video_ops import PAD_LABEL, TrackerOp
-from segserve.triton_models.common import answer, optional_input, parameters, repository_root, scalar
+from segserve.triton_models.common import (answer, optional_input, parameters, release_metrics, repository_root,
+                                           scalar)
 from segserve.triton_models.graph_runner import GraphSettings, describe
 from segserve.triton_models.sam2_video_core import GRAPH_OUTPUTS, LocalGraphs, StepRequest, VideoSession, VideoTracker
 
@@ -97,6 +98,9 @@ class TritonPythonModel:
             kind=pb_utils.MetricFamily.COUNTER)
         self.together_counter = self.together_family.Metric(labels={"model": args["model_name"],
                                                                     "instance": args["model_instance_name"]})
+
+    def finalize(self):
+        release_metrics(self, "sessions_gauge", "together_counter", "metric_family", "together_family")
 
     def execute(self, requests):
         self._evict_expired()
