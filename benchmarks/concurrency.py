@@ -207,8 +207,7 @@ def main() -> None:
     from segserve.repository.builder import build_repository
     from segserve.runtime.stack import start_stack
 
-    artifacts = args.artifacts or ROOT / "build" / "bench" / ("sam2_real" if args.size == "hiera-tiny" else
-                                                            f"sam2_{args.size}")
+    artifacts = measure.sam2_artifacts(args.artifacts, args.size)
     machine = measure.machine(args.threads)
     records = export_sam2(None, artifacts, random_size=args.size)
     images = photos(args.clickers + args.openers + args.sessions, args.image_size)

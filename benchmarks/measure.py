@@ -35,6 +35,15 @@ AUTO = "auto"  # segserve's default CPU runtime choice
 ORT_FP32 = {"cpu_runtime": "onnxruntime", "precision": "fp32"}
 
 
+def sam2_artifacts(given: Path | None, size: str) -> Path:
+    """Where the SAM 2 image benchmarks keep their export (`--artifacts` wins): one folder per size,
+    shared by every benchmark that exports that size."""
+    if given:
+        return Path(given)
+    return Path(__file__).resolve().parents[1] / "build" / "bench" / ("sam2_real" if size == "hiera-tiny" else
+                                                                      f"sam2_{size}")
+
+
 def check_rounds(parser, value: int, flag: str) -> None:
     if value < MIN_ROUNDS:
         parser.error(f"{flag} must be at least {MIN_ROUNDS} (median and spread of >= {MIN_ROUNDS} runs)")

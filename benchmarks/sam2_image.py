@@ -73,8 +73,7 @@ def main() -> None:
     from segserve.triton_models.graph_runner import open_graph
     from tests.sam2_reference import pixel_values
 
-    artifacts = args.artifacts or ROOT / "build" / "bench" / ("sam2_real" if args.size == "hiera-tiny" else
-                                                            f"sam2_{args.size}")
+    artifacts = measure.sam2_artifacts(args.artifacts, args.size)
     threads = measure.pin_threads(args.threads)
     machine = measure.machine(args.threads)
     records = export_sam2(None, artifacts, random_size=args.size)
