@@ -15,20 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segserve.common.files import sha256_file
+
 MANIFEST_NAME = "manifest.json"
 _CHECKPOINT_SUFFIXES = {".json", ".safetensors", ".bin", ".pt", ".pth", ".txt", ".model"}
 
 
 class ChecksumMismatch(ValueError):
     pass
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sha256_checkpoint(path: Path) -> str:

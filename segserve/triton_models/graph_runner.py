@@ -25,7 +25,6 @@ The builder chooses per graph and renders the choice into each model's config
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from segserve.common.files import sha256_file
 
 RUNTIMES = ("onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
@@ -118,11 +119,7 @@ def content_cache_dir(cache_dir: Path, model_path: Path) -> Path:
     a path by the path and the file's size, not its content: a re-export of the same size at the
     same path (a changed constant or reshape) would import the stale compiled model and answer
     wrongly, silently. A folder per content hash rules that out."""
-    digest = hashlib.sha256()
-    with open(model_path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return cache_dir / digest.hexdigest()[:24]
+    return cache_dir / sha256_file(model_path)[:24]
 
 
 class OpenVinoRunner:
